@@ -1,0 +1,159 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cespare/xxhash/v2"
+	"golang.org/x/sys/unix"
+)
+
+// fileMode is the mode of every file the store writes: the files of a
+// committed snapshot are never modified, only deleted.
+const fileMode = 0o400
+
+// syncDir flushes a directory's entries to disk, so that a file created or
+// renamed in it survives a crash.
+func syncDir(path string) error {
+	dir, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open directory %s to sync: %w", path, err)
+	}
+
+	err = dir.Sync()
+	closeErr := dir.Close()
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", path, err)
+	}
+	if closeErr != nil {
+		return fmt.Errorf("close directory %s: %w", path, closeErr)
+	}
+	return nil
+}
+
+// lockedDir is a directory held open with an exclusive flock(2). The lock
+// belongs to the open file, so two lockedDirs of one directory exclude each
+// other even inside one process.
+type lockedDir struct {
+	path string
+	file *os.File
+}
+
+// lockDir opens the directory at path and waits for an exclusive flock on it.
+func lockDir(path string) (*lockedDir, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open directory %s to lock: %w", path, err)
+	}
+
+	if err := flock(file, unix.LOCK_EX); err != nil {
+		closeErr := file.Close()
+		return nil, errors.Join(fmt.Errorf("lock directory %s: %w", path, err), closeErr)
+	}
+	return &lockedDir{path: path, file: file}, nil
+}
+
+// flock retries flock(2) when a signal interrupts the wait.
+func flock(file *os.File, how int) error {
+	for {
+		err := unix.Flock(int(file.Fd()), how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// unlock releases the lock by closing the directory. Calls after the first
+// do nothing.
+func (l *lockedDir) unlock() error {
+	if l.file == nil {
+		return nil
+	}
+	file := l.file
+	l.file = nil
+	if err := file.Close(); err != nil {
+		return fmt.Errorf("unlock directory %s: %w", l.path, err)
+	}
+	return nil
+}
+
+// stillAt reports whether the locked directory is still the one at its path:
+// a sweep may delete a directory between its creation and the lock.
+func (l *lockedDir) stillAt() (bool, error) {
+	held, err := l.file.Stat()
+	if err != nil {
+		return false, fmt.Errorf("stat locked directory %s: %w", l.path, err)
+	}
+
+	current, err := os.Lstat(l.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat directory %s: %w", l.path, err)
+	}
+	return os.SameFile(held, current), nil
+}
+
+// hashedFile is a new file of a snapshot that records its size and xxhash64
+// while it is written.
+type hashedFile struct {
+	name   string
+	file   *os.File
+	digest *xxhash.Digest
+	size   uint64
+}
+
+// createHashed creates dir/name, which must not exist yet.
+func createHashed(dir, name string) (*hashedFile, error) {
+	file, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", name, err)
+	}
+	return &hashedFile{name: name, file: file, digest: xxhash.New()}, nil
+}
+
+func (h *hashedFile) Write(p []byte) (int, error) {
+	n, err := h.file.Write(p)
+	h.digest.Write(p[:n])
+	h.size += uint64(n)
+	if err != nil {
+		return n, fmt.Errorf("write %s: %w", h.name, err)
+	}
+	return n, nil
+}
+
+// finish syncs and closes the file and returns its manifest entry.
+func (h *hashedFile) finish() (fileEntry, error) {
+	if err := h.file.Sync(); err != nil {
+		h.abort()
+		return fileEntry{}, fmt.Errorf("sync %s: %w", h.name, err)
+	}
+	if err := h.file.Close(); err != nil {
+		return fileEntry{}, fmt.Errorf("close %s: %w", h.name, err)
+	}
+	return fileEntry{Name: h.name, Size: h.size, Hash: h.digest.Sum64()}, nil
+}
+
+// abort closes the file after a failure. Its error is dropped because the
+// caller deletes the whole temporary directory next.
+func (h *hashedFile) abort() {
+	_ = h.file.Close()
+}
+
+// writeFile creates dir/name with data, synced, and returns its manifest
+// entry.
+func writeFile(dir, name string, data []byte) (fileEntry, error) {
+	h, err := createHashed(dir, name)
+	if err != nil {
+		return fileEntry{}, err
+	}
+
+	if _, err := h.Write(data); err != nil {
+		h.abort()
+		return fileEntry{}, err
+	}
+	return h.finish()
+}

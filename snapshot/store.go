@@ -1,0 +1,209 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// tmpPrefix starts the names of work-in-progress directories in the store's
+// top directory.
+const tmpPrefix = ".tmp-"
+
+// Store is a directory of snapshots. Several Stores, in one process or in
+// several, may use the same directory at once.
+type Store struct {
+	dir string
+	log *slog.Logger
+
+	// mu protects warned.
+	mu sync.Mutex
+	// warned holds the paths of damaged snapshot and process directories
+	// already logged, so that listing them again does not repeat the warning.
+	warned map[string]bool
+}
+
+// Open opens the store in dir, creating it with mode 0700 when missing and
+// setting its mode to 0700 when other users have access. A directory owned
+// by another user gives an error wrapping unix.EPERM. Open deletes the
+// leftovers of saves and removals that never finished (.tmp-* directories
+// no other Store holds locked), logging each at Warn. A nil log discards
+// messages.
+func Open(dir string, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("create store %s: %w", abs, err)
+	}
+	info, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", abs, err)
+	}
+	if !info.IsDir() {
+		return nil, fmt.Errorf("open store %s: not a directory: %w", abs, unix.ENOTDIR)
+	}
+	if err := checkOwner(abs, info); err != nil {
+		return nil, err
+	}
+	if info.Mode().Perm()&0o077 != 0 {
+		log.Warn("store directory open to other users, setting its mode to 0700", "path", abs, "mode", info.Mode().Perm())
+		if err := os.Chmod(abs, 0o700); err != nil {
+			return nil, fmt.Errorf("set mode of store %s: %w", abs, err)
+		}
+	}
+
+	s := &Store{dir: abs, log: log, warned: map[string]bool{}}
+	if err := s.sweep(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkOwner rejects a store directory owned by another user, who could
+// change the snapshots that this program restores into processes.
+func checkOwner(path string, info os.FileInfo) error {
+	stat, ok := info.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("open store %s: no owner in its file information: %w", path, unix.EINVAL)
+	}
+	if euid := os.Geteuid(); int(stat.Uid) != euid {
+		return fmt.Errorf("open store %s: owned by uid %d, not by the user running this program (uid %d): %w",
+			path, stat.Uid, euid, unix.EPERM)
+	}
+	return nil
+}
+
+// Dir returns the absolute path of the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// sweep deletes the .tmp-* entries of crashed saves and removals. A
+// directory whose flock another Store holds belongs to a save in progress
+// and is kept.
+func (s *Store) sweep() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("read store %s: %w", s.dir, err)
+	}
+
+	for _, entry := range entries {
+		if !strings.HasPrefix(entry.Name(), tmpPrefix) {
+			continue
+		}
+		path := filepath.Join(s.dir, entry.Name())
+		if err := s.sweepOne(path); err != nil {
+			s.log.Warn("cannot remove unfinished snapshot data", "path", path, "err", err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) sweepOne(path string) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer file.Close()
+
+	err = flock(file, unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		s.log.Debug("unfinished snapshot data in use by another store, kept", "path", path)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", path, err)
+	}
+
+	s.log.Warn("removing unfinished snapshot data", "path", path)
+	if err := os.RemoveAll(path); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// makeTempDir creates a locked work directory in the store's top directory,
+// on the same filesystem as the snapshots so that it commits by rename.
+func (s *Store) makeTempDir() (*lockedDir, error) {
+	// A sweep by another Store may delete the directory before it is
+	// locked; a few attempts are plenty because sweeps only run at Open.
+	for range 10 {
+		path, err := os.MkdirTemp(s.dir, tmpPrefix+"*")
+		if err != nil {
+			return nil, fmt.Errorf("create work directory in %s: %w", s.dir, err)
+		}
+
+		lock, err := lockDir(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+
+		ok, err := lock.stillAt()
+		if ok && err == nil {
+			return lock, nil
+		}
+		if unlockErr := lock.unlock(); err == nil {
+			err = unlockErr
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("create work directory in %s: deleted by concurrent sweeps: %w", s.dir, unix.EAGAIN)
+}
+
+// discard unlocks and deletes a work directory after a failure, logging
+// what it cannot delete (the next Open sweeps it).
+func (s *Store) discard(tmp *lockedDir) {
+	if err := os.RemoveAll(tmp.path); err != nil {
+		s.log.Warn("cannot remove unfinished snapshot data", "path", tmp.path, "err", err)
+	}
+	if err := tmp.unlock(); err != nil {
+		s.log.Warn("cannot unlock work directory", "path", tmp.path, "err", err)
+	}
+}
+
+// warnOnce logs a damaged directory at Warn the first time it is met.
+func (s *Store) warnOnce(path, msg string, err error) {
+	s.mu.Lock()
+	seen := s.warned[path]
+	s.warned[path] = true
+	s.mu.Unlock()
+
+	if !seen {
+		s.log.Warn(msg, "path", path, "err", err)
+	}
+}
+
+// ownerDirs returns the paths of the per-uid directories.
+func (s *Store) ownerDirs() ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("read store %s: %w", s.dir, err)
+	}
+
+	var dirs []string
+	for _, entry := range entries {
+		uid, err := strconv.ParseUint(entry.Name(), 10, 32)
+		if err != nil || !entry.IsDir() || strconv.FormatUint(uid, 10) != entry.Name() {
+			continue
+		}
+		dirs = append(dirs, filepath.Join(s.dir, entry.Name()))
+	}
+	return dirs, nil
+}
