@@ -1,0 +1,321 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/snapshot"
+)
+
+// RestoreReport tells what a successful restore did not roll back.
+type RestoreReport struct {
+	// LeftAlone names state that was left as it is, in words for a user:
+	// shared mappings, regions whose contents were not saved, state this
+	// version does not restore.
+	LeftAlone []string
+
+	// Warnings name things restored that may not behave as at capture,
+	// such as a file offset past the end of a file that shrank since.
+	Warnings []string
+}
+
+// Restore freezes process pid, rolls it back in place to img and thaws it:
+// Begin, Restore and Close in one call.
+func Restore(pid int, img *snapshot.Image, mem snapshot.MemoryReader, parts []string, log *slog.Logger) (*RestoreReport, error) {
+	op, err := Begin(pid, log)
+	if err != nil {
+		return nil, err
+	}
+	defer op.Close()
+	return op.Restore(img, mem, parts)
+}
+
+// Restore waits until every thread is stopped, rolls the process back in
+// place to img, with memory contents read from mem, and thaws it, whether
+// the restore succeeded or not. parts nil restores everything.
+//
+// Everything restore cannot bring back is rejected before any change, as
+// a *RejectError naming it: ESRCH when the process is not the captured one,
+// EOPNOTSUPP for an execve since, a changed thread set, a descriptor that
+// cannot be reopened, a different XCR0, a shadow stack, a mapping that
+// cannot be re-created. When a step fails after changes began, the changes
+// are undone so that the process continues as it was, and the error is
+// returned: the process is never left half restored.
+func (op *Op) Restore(img *snapshot.Image, mem snapshot.MemoryReader, parts []string) (*RestoreReport, error) {
+	if len(parts) > 0 {
+		op.Close()
+		// NOTE: partial restore (memory, layout, threads, fds, signals, one
+		// region) is not implemented; only a full restore is.
+		return nil, reject(unix.EOPNOTSUPP, fmt.Sprintf("partial restore of %v is not supported yet; restore the whole process instead", parts))
+	}
+
+	start := time.Now()
+	var report *RestoreReport
+	err := op.do(func() error {
+		if !op.frozen {
+			return fmt.Errorf("process is not frozen: %w", unix.EINVAL)
+		}
+		var err error
+		report, err = op.restore(img, mem)
+		cont := err == nil && op.matchJobStop(img)
+		op.thaw()
+		if cont {
+			op.continueStopped()
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restore pid %d: %w", op.pid, err)
+	}
+	op.log.Info("restored", "op", "restore", "duration", time.Since(start), "frozen", op.frozenFor)
+	return report, nil
+}
+
+// restorer is the state of one full restore: the plan, the safety copy of
+// everything the plan overwrites, and the steps that undo the changes
+// made so far.
+type restorer struct {
+	op     *Op
+	img    *snapshot.Image
+	mem    snapshot.MemoryReader
+	report *RestoreReport
+
+	// The current state, read before any change.
+	curRegions []snapshot.Region
+	curFDs     []snapshot.FD
+	curBrk     uint64
+	threads    []threadState // in the order of op.threads
+	actions    [64]snapshot.SigAction
+
+	layout *layoutPlan
+	fds    []fdStep
+	memory memPlan
+
+	undos   []func() error // run last first when a step fails
+	commits []func()       // run after every step succeeded
+}
+
+// undo records how to reverse a change just made.
+func (r *restorer) undo(f func() error) { r.undos = append(r.undos, f) }
+
+// restore runs the checks, reads the safety copy, applies every step and
+// undoes them if one fails.
+//
+// Precondition: called on the op's locked thread, after freeze.
+func (op *Op) restore(img *snapshot.Image, mem snapshot.MemoryReader) (*RestoreReport, error) {
+	if err := op.waitStops(); err != nil {
+		return nil, err
+	}
+	r := &restorer{op: op, img: img, mem: mem, report: &RestoreReport{}}
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	if err := r.prepare(); err != nil {
+		return nil, err
+	}
+
+	op.log.Debug("restore plan", "unmaps", len(r.layout.unmaps), "creates", len(r.layout.creates),
+		"protects", len(r.layout.protects), "brk", img.Brk, "current_brk", r.curBrk,
+		"page_writes", len(r.memory.writes), "page_drops", len(r.memory.dontneed),
+		"safety_chunks", len(r.memory.safety), "fd_steps", len(r.fds))
+	if err := r.apply(); err != nil {
+		if undoErr := r.rollback(); undoErr != nil {
+			op.log.Error("undoing a failed restore failed", "err", undoErr)
+			return nil, fmt.Errorf("%w (undoing the changes made so far also failed: %v)", err, undoErr)
+		}
+		op.log.Warn("restore failed and was undone", "err", err)
+		return nil, err
+	}
+	for _, commit := range r.commits {
+		commit()
+	}
+	return r.report, nil
+}
+
+// check rejects, before anything changes, a restore that cannot be
+// completed, and plans the layout and descriptor changes.
+//
+// Precondition: called on the op's locked thread; all threads stopped; no
+// scratch page mapped yet.
+func (r *restorer) check() error {
+	op, img := r.op, r.img
+	if err := checkIdentity(op.pid, img); err != nil {
+		return err
+	}
+	tids := make([]int, len(op.threads))
+	for i, th := range op.threads {
+		tids[i] = th.tid
+	}
+	if err := checkThreads(tids, img); err != nil {
+		return err
+	}
+	if err := checkRestartable(img); err != nil {
+		return err
+	}
+
+	var err error
+	if r.curRegions, _, err = readMaps(op.pid); err != nil {
+		return err
+	}
+	if err := checkShadowStack(op.pid, r.curRegions); err != nil {
+		return err
+	}
+	xstate, err := op.threads[0].getXstate()
+	if err != nil {
+		return err
+	}
+	if err := checkXCR0(img, xstate); err != nil {
+		return err
+	}
+	return r.plan()
+}
+
+// plan diffs the layout and the descriptor table against the snapshot.
+func (r *restorer) plan() error {
+	var err error
+	if r.layout, err = planLayout(mergeLayout(r.curRegions), mergeLayout(r.img.Regions)); err != nil {
+		return err
+	}
+	probe := processProbe(r.op.pid)
+	if err := checkCreates(r.layout, probe.statPath); err != nil {
+		return err
+	}
+
+	if r.curFDs, err = readFDs(r.op.pid); err != nil {
+		return err
+	}
+	var warnings []string
+	if r.fds, warnings, err = planFDs(r.img.FDs, r.curFDs, probe); err != nil {
+		return err
+	}
+	r.report.Warnings = append(r.report.Warnings, warnings...)
+	r.report.LeftAlone = append(leftAlone(r.img), r.layout.leftAlone...)
+	return nil
+}
+
+// leftAlone lists what a full restore of img does not roll back.
+func leftAlone(img *snapshot.Image) []string {
+	var out []string
+	for _, reg := range img.Regions {
+		name := fmt.Sprintf("%x-%x %s", reg.Start, reg.End, reg.Path)
+		switch {
+		case untouchedMappings[reg.Path]:
+		case reg.Shared():
+			out = append(out, "shared mapping "+name+": contents not rolled back")
+		case !reg.Saved:
+			out = append(out, "mapping "+name+": contents not saved ("+reg.SkipReason+")")
+		}
+	}
+	// NOTE: pending signals, interval timers and POSIX timers are not
+	// captured, so restore leaves them as they are.
+	return append(out, "pending signals and timers: not rolled back by this version")
+}
+
+// prepare maps the scratch page out of the way and reads the safety copy:
+// the break, every thread's state, the signal actions, and the current
+// bytes of every page restore will write, drop or unmap.
+//
+// Precondition: called on the op's locked thread; all threads stopped.
+func (r *restorer) prepare() error {
+	op := r.op
+	if err := op.placeScratch(r.curRegions, r.img.Regions); err != nil {
+		return err
+	}
+	brk, err := op.syscall(op.threads[0], unix.SYS_BRK, 0)
+	if err != nil {
+		return fmt.Errorf("read program break of pid %d: %w", op.pid, err)
+	}
+	r.curBrk = uint64(brk)
+
+	for _, th := range op.threads {
+		st, err := op.readThreadState(th)
+		if err != nil {
+			return err
+		}
+		r.threads = append(r.threads, st)
+	}
+	if r.actions, err = op.readActions(); err != nil {
+		return err
+	}
+
+	d, err := newMemDiffer(op, r.mem, &r.memory)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	if err := d.diffRegions(r.img, r.layout.kept, false); err != nil {
+		return err
+	}
+	return d.saveRemoved(r.layout.removed)
+}
+
+// apply runs every step of the restore, in an order where each injected
+// system call comes before the memory writes (a thread that runs an
+// injected call may update its rseq area) and the registers come last.
+//
+// Precondition: called on the op's locked thread; all threads stopped.
+func (r *restorer) apply() error {
+	steps := []struct {
+		what string
+		run  func() error
+	}{
+		{"layout", r.applyLayout},
+		{"dropping pages", func() error { return r.op.dropPages(r.memory.dontneed) }},
+		{"descriptors", r.applyFDs},
+		{"signal actions", r.applyActions},
+		{"signal stacks", r.applyAltStacks},
+		{"memory contents", r.applyContents},
+		{"threads", r.applyThreads},
+	}
+	for _, step := range steps {
+		if err := step.run(); err != nil {
+			return fmt.Errorf("restore %s: %w", step.what, err)
+		}
+	}
+	return nil
+}
+
+// rollback runs the recorded undo steps, last first, and returns their
+// errors joined.
+//
+// Precondition: called on the op's locked thread.
+func (r *restorer) rollback() error {
+	var errs []error
+	for i := len(r.undos) - 1; i >= 0; i-- {
+		if err := r.undos[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// matchJobStop prepares thaw to leave the process in the job-control
+// state it had at capture and reports whether it must be continued after
+// the thaw (it was running at capture and is stopped now).
+//
+// Precondition: called on the op's locked thread; all threads stopped.
+func (op *Op) matchJobStop(img *snapshot.Image) bool {
+	stopped := op.jobStopped()
+	switch {
+	case img.JobStopped && !stopped && len(op.threads) > 0:
+		op.threads[0].jobStop = true
+	case !img.JobStopped && stopped:
+		for _, th := range op.threads {
+			th.jobStop = false
+		}
+		return true
+	}
+	return false
+}
+
+// continueStopped ends the job-control stop of a process that ran at
+// capture.
+func (op *Op) continueStopped() {
+	if err := unix.Kill(op.pid, unix.SIGCONT); err != nil {
+		op.log.Warn("continuing the process failed", "err", err)
+	}
+}

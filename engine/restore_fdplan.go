@@ -1,0 +1,167 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/snapshot"
+)
+
+// fdStatusFlags are the open file status flags F_SETFL can change.
+const fdStatusFlags = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
+
+// fdStep is what restore does to one descriptor number.
+type fdStep struct {
+	num   int
+	saved *snapshot.FD // nil for a descriptor opened since the snapshot
+	cur   *snapshot.FD // nil when the number is free now
+
+	reopen   bool // open saved.Target again and dup3 it to num
+	seek     bool // lseek to saved.Pos
+	setFlags bool // F_SETFL with the saved status flags
+	setFD    bool // F_SETFD with the saved close-on-exec flag
+	close    bool // close num: it was opened since the snapshot
+}
+
+// fdProbe stats files for planFDs: statPath a path as the process sees
+// it, statFD a descriptor the process has open now.
+type fdProbe struct {
+	statPath func(path string) (fileIdentity, error)
+	statFD   func(num int) (fileIdentity, error)
+}
+
+// fileIdentity is what restore learns about a path before reopening it.
+type fileIdentity struct {
+	dev, ino uint64
+	size     int64
+	mode     uint32
+}
+
+// planFDs diffs the current descriptor table against the saved one. A
+// descriptor that still refers to the same object keeps it; a file, a
+// directory or a terminal closed or replaced since is reopened by path,
+// which probe.statPath must show to be the same inode. Anything else
+// closed or replaced since is a *RejectError with EOPNOTSUPP naming the
+// descriptor. Warnings name saved offsets past the end of their file.
+func planFDs(saved, cur []snapshot.FD, probe fdProbe) ([]fdStep, []string, error) {
+	var steps []fdStep
+	var warnings []string
+	for i := range saved {
+		s := &saved[i]
+		step := fdStep{num: s.Num, saved: s, cur: findFD(cur, s.Num)}
+
+		var id fileIdentity
+		var err error
+		if step.cur != nil && sameFileObject(step.cur, s) {
+			step.seek = seekable(s) && step.cur.Pos != s.Pos
+			step.setFlags = (step.cur.Flags^s.Flags)&fdStatusFlags != 0
+			step.setFD = (step.cur.Flags^s.Flags)&unix.O_CLOEXEC != 0
+			id, err = probe.statFD(s.Num)
+		} else {
+			id, err = checkReopen(s, probe.statPath)
+			if err != nil {
+				return nil, nil, err
+			}
+			step.reopen, step.seek = true, seekable(s)
+		}
+		if w := offsetWarning(s, id, err); w != "" {
+			warnings = append(warnings, w)
+		}
+		if step.reopen || step.seek || step.setFlags || step.setFD {
+			steps = append(steps, step)
+		}
+	}
+
+	for i := range cur {
+		if findFD(saved, cur[i].Num) == nil {
+			steps = append(steps, fdStep{num: cur[i].Num, cur: &cur[i], close: true})
+		}
+	}
+	return steps, warnings, nil
+}
+
+func findFD(fds []snapshot.FD, num int) *snapshot.FD {
+	i := slices.IndexFunc(fds, func(fd snapshot.FD) bool { return fd.Num == num })
+	if i < 0 {
+		return nil
+	}
+	return &fds[i]
+}
+
+// sameFileObject reports whether a descriptor still refers to the object it
+// referred to at the snapshot.
+//
+// NOTE: all anonymous-inode descriptors of one kind (eventfd, epoll, ...)
+// share an inode, so one closed and replaced by another of its kind passes
+// as the same object.
+func sameFileObject(cur, saved *snapshot.FD) bool {
+	if cur.Kind != saved.Kind || cur.Dev != saved.Dev || cur.Ino != saved.Ino {
+		return false
+	}
+	return cur.Kind != snapshot.KindAnon || cur.Target == saved.Target
+}
+
+// reopenable reports whether a descriptor's object can be found again by
+// its path and opened without waiting: a file, directory or device, but
+// not a FIFO (whose open blocks until the other end opens) or a socket.
+func reopenable(fd *snapshot.FD) bool {
+	switch fd.Kind {
+	case snapshot.KindFile, snapshot.KindDir, snapshot.KindTTY:
+	default:
+		return false
+	}
+	switch fd.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFCHR, unix.S_IFBLK:
+		return len(fd.Target) > 0 && fd.Target[0] == '/'
+	}
+	return false
+}
+
+// seekable reports whether restore sets the descriptor's offset: regular
+// files, directories and block devices have one that matters.
+func seekable(fd *snapshot.FD) bool {
+	switch fd.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFBLK:
+		return true
+	}
+	return false
+}
+
+// checkReopen checks that the descriptor can be reopened by its path and
+// that the path still names the inode it had.
+func checkReopen(fd *snapshot.FD, stat func(string) (fileIdentity, error)) (fileIdentity, error) {
+	if !reopenable(fd) {
+		return fileIdentity{}, reject(unix.EOPNOTSUPP, fmt.Sprintf("fd %d (%s %s) was closed or replaced since the snapshot and cannot be reopened", fd.Num, fd.Kind, fd.Target))
+	}
+	id, err := stat(fd.Target)
+	if err != nil {
+		return id, reject(unix.EOPNOTSUPP, fmt.Sprintf("fd %d was closed since the snapshot and its file %s cannot be reopened: %v", fd.Num, fd.Target, err))
+	}
+	if id.dev != fd.Dev || id.ino != fd.Ino {
+		return id, reject(unix.EOPNOTSUPP, fmt.Sprintf("fd %d was closed since the snapshot and %s is now another file (inode %d, was %d)", fd.Num, fd.Target, id.ino, fd.Ino))
+	}
+	return id, nil
+}
+
+// offsetWarning returns a warning when the saved offset of a regular file
+// lies past the end of the file as id (from a stat that returned statErr)
+// shows it now, or "".
+func offsetWarning(fd *snapshot.FD, id fileIdentity, statErr error) string {
+	if fd.Mode&unix.S_IFMT != unix.S_IFREG || statErr != nil || fd.Pos <= id.size {
+		return ""
+	}
+	return fmt.Sprintf("fd %d: saved offset %d is past the end of %s (%d bytes now)", fd.Num, fd.Pos, fd.Target, id.size)
+}
+
+// reopenFlags returns the open(2) flags that reopen a saved descriptor:
+// its access mode and status flags, never creating or truncating, and
+// close-on-exec on the temporary descriptor.
+func reopenFlags(fd *snapshot.FD) int {
+	flags := int(fd.Flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC)
+	if fd.Kind == snapshot.KindTTY {
+		flags |= unix.O_NOCTTY
+	}
+	return flags | unix.O_CLOEXEC
+}

@@ -1,0 +1,303 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/snapshot"
+)
+
+// anon returns a saved private anonymous region.
+func anon(start, end uint64, perms string) snapshot.Region {
+	return snapshot.Region{Start: start, End: end, Perms: perms, Saved: true}
+}
+
+// file returns a saved private mapping of inode ino at offset off.
+func file(start, end uint64, perms string, off, ino uint64) snapshot.Region {
+	return snapshot.Region{Start: start, End: end, Perms: perms, Offset: off, Major: 8, Minor: 1, Inode: ino, Path: fmt.Sprintf("/lib/f%d.so", ino), Saved: true}
+}
+
+// named returns a region with a pseudo-path such as [heap].
+func named(start, end uint64, perms, path string) snapshot.Region {
+	r := anon(start, end, perms)
+	r.Path = path
+	return r
+}
+
+func spans(ops []layoutOp) []string {
+	var out []string
+	for _, op := range ops {
+		out = append(out, fmt.Sprintf("%x-%x", op.start, op.end))
+	}
+	return out
+}
+
+func TestMergeLayout(t *testing.T) {
+	regions := []snapshot.Region{
+		file(0x1000, 0x2000, "r--p", 0, 7),
+		file(0x2000, 0x3000, "r--p", 0x1000, 7), // continues the file: merged
+		file(0x3000, 0x4000, "r--p", 0x5000, 7), // jumps in the file: kept apart
+		anon(0x4000, 0x5000, "rw-p"),
+		anon(0x5000, 0x6000, "rw-p"), // split by the kernel: merged
+		anon(0x6000, 0x7000, "r--p"), // other protection
+	}
+	got := mergeLayout(regions)
+	var bounds []string
+	for _, e := range got {
+		bounds = append(bounds, fmt.Sprintf("%x-%x", e.start, e.end))
+	}
+	want := []string{"1000-3000", "3000-4000", "4000-6000", "6000-7000"}
+	if !reflect.DeepEqual(bounds, want) {
+		t.Errorf("merged %v, want %v", bounds, want)
+	}
+}
+
+func TestPlanLayout(t *testing.T) {
+	vdso := named(0xf000, 0xf100, "r-xp", "[vdso]")
+	snap := []snapshot.Region{
+		file(0x1000, 0x3000, "r--p", 0, 7),
+		named(0x3000, 0x5000, "rw-p", "[heap]"),
+		anon(0x10000, 0x14000, "rw-p"), // unmapped since
+		anon(0x20000, 0x24000, "rw-p"), // protected since
+		file(0x30000, 0x32000, "r--p", 0, 9),
+		vdso,
+		named(0x40000, 0x42000, "rw-p", "[stack]"),
+	}
+	cur := []snapshot.Region{
+		file(0x1000, 0x3000, "r--p", 0, 7),
+		named(0x3000, 0x8000, "rw-p", "[heap]"), // grown
+		anon(0x20000, 0x22000, "rw-p"),
+		anon(0x22000, 0x24000, "r--p"),
+		anon(0x30000, 0x32000, "rw-p"), // replaced a file mapping
+		anon(0x50000, 0x51000, "rw-p"), // new
+		vdso,
+		named(0x3e000, 0x42000, "rw-p", "[stack]"), // grown down
+	}
+	plan, err := planLayout(mergeLayout(cur), mergeLayout(snap))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if got, want := spans(plan.unmaps), []string{"30000-32000", "50000-51000"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("unmaps %v, want %v", got, want)
+	}
+	if got, want := spans(plan.creates), []string{"10000-14000", "30000-32000"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("creates %v, want %v", got, want)
+	}
+	if plan.creates[1].entry.inode != 9 || plan.creates[1].entry.fileOffset(0x30000) != 0 {
+		t.Errorf("re-created file mapping %+v, want inode 9 at offset 0", plan.creates[1].entry)
+	}
+	if got, want := spans(plan.protects), []string{"22000-24000"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("protects %v, want %v", got, want)
+	}
+	wantRemoved := []span{{0x5000, 0x8000}, {0x30000, 0x32000}, {0x50000, 0x51000}}
+	if !reflect.DeepEqual(plan.removed, wantRemoved) {
+		t.Errorf("removed %x, want %x", plan.removed, wantRemoved)
+	}
+	wantFresh := []span{{0x10000, 0x14000}, {0x30000, 0x32000}}
+	if !reflect.DeepEqual(plan.fresh, wantFresh) {
+		t.Errorf("fresh %x, want %x", plan.fresh, wantFresh)
+	}
+	wantKept := []span{{0x1000, 0x5000}, {0x20000, 0x24000}, {0x40000, 0x42000}}
+	if !reflect.DeepEqual(plan.kept, wantKept) {
+		t.Errorf("kept %x, want %x", plan.kept, wantKept)
+	}
+}
+
+func TestPlanLayoutShared(t *testing.T) {
+	shared := file(0x1000, 0x2000, "rw-s", 0, 5)
+	plan, err := planLayout(mergeLayout([]snapshot.Region{shared}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.unmaps) != 0 || len(plan.leftAlone) != 1 {
+		t.Errorf("new shared mapping: unmaps %v, left alone %v; want it left mapped and listed", spans(plan.unmaps), plan.leftAlone)
+	}
+
+	anonShared := snapshot.Region{Start: 0x1000, End: 0x2000, Perms: "rw-s", Inode: 42, Path: "/dev/zero (deleted)", Saved: true}
+	_, err = planLayout(nil, mergeLayout([]snapshot.Region{anonShared}))
+	if !errors.Is(err, unix.EOPNOTSUPP) || !strings.Contains(err.Error(), "1000-2000") {
+		t.Errorf("re-creating shared anonymous memory: %v, want EOPNOTSUPP naming the mapping", err)
+	}
+}
+
+func TestPlanLayoutRejectsDeletedFile(t *testing.T) {
+	gone := file(0x1000, 0x2000, "r--p", 0, 5)
+	gone.Path = "/tmp/lib.so (deleted)"
+	_, err := planLayout(nil, mergeLayout([]snapshot.Region{gone}))
+	if !errors.Is(err, unix.EOPNOTSUPP) || !strings.Contains(err.Error(), "/tmp/lib.so") {
+		t.Errorf("re-creating a deleted file mapping: %v, want EOPNOTSUPP naming it", err)
+	}
+}
+
+func TestCheckCreates(t *testing.T) {
+	snap := []snapshot.Region{file(0x1000, 0x2000, "r--p", 0, 9)}
+	plan, err := planLayout(nil, mergeLayout(snap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := unix.Mkdev(8, 1)
+	same := func(string) (fileIdentity, error) { return fileIdentity{dev: dev, ino: 9}, nil }
+	if err := checkCreates(plan, same); err != nil {
+		t.Errorf("same inode: %v", err)
+	}
+	other := func(string) (fileIdentity, error) { return fileIdentity{dev: dev, ino: 10}, nil }
+	if err := checkCreates(plan, other); !errors.Is(err, unix.EOPNOTSUPP) || !strings.Contains(err.Error(), "/lib/f9.so") {
+		t.Errorf("replaced file: %v, want EOPNOTSUPP naming the path", err)
+	}
+}
+
+// fakeProbe stats from a table of paths and descriptors.
+func fakeProbe(paths map[string]fileIdentity, fds map[int]fileIdentity) fdProbe {
+	return fdProbe{
+		statPath: func(p string) (fileIdentity, error) {
+			if id, ok := paths[p]; ok {
+				return id, nil
+			}
+			return fileIdentity{}, unix.ENOENT
+		},
+		statFD: func(n int) (fileIdentity, error) {
+			if id, ok := fds[n]; ok {
+				return id, nil
+			}
+			return fileIdentity{}, unix.EBADF
+		},
+	}
+}
+
+func regularFD(num int, path string, ino uint64, pos int64, flags uint32) snapshot.FD {
+	return snapshot.FD{Num: num, Kind: snapshot.KindFile, Target: path, Pos: pos, Flags: flags, Dev: 3, Ino: ino, Mode: unix.S_IFREG | 0o644}
+}
+
+func TestPlanFDs(t *testing.T) {
+	pipe := snapshot.FD{Num: 1, Kind: snapshot.KindPipe, Target: "pipe:[77]", Dev: 12, Ino: 77, Mode: unix.S_IFIFO}
+	saved := []snapshot.FD{
+		pipe,
+		regularFD(3, "/data/a", 10, 100, unix.O_RDONLY),
+		regularFD(4, "/data/b", 11, 50, unix.O_WRONLY|unix.O_APPEND|unix.O_CLOEXEC),
+		regularFD(5, "/data/c", 12, 9999, unix.O_RDWR),
+	}
+	cur := []snapshot.FD{
+		pipe,
+		regularFD(3, "/data/a", 10, 200, unix.O_RDONLY|unix.O_NONBLOCK),
+		regularFD(5, "/data/c", 12, 9999, unix.O_RDWR),
+		regularFD(6, "/data/new", 13, 0, unix.O_RDONLY),
+	}
+	probe := fakeProbe(
+		map[string]fileIdentity{"/data/b": {dev: 3, ino: 11, size: 80}},
+		map[int]fileIdentity{3: {dev: 3, ino: 10, size: 500}, 5: {dev: 3, ino: 12, size: 10}},
+	)
+	steps, warnings, err := planFDs(saved, cur, probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	got := map[int]string{}
+	for _, st := range steps {
+		got[st.num] = fmt.Sprintf("reopen=%v seek=%v setfl=%v setfd=%v close=%v", st.reopen, st.seek, st.setFlags, st.setFD, st.close)
+	}
+	want := map[int]string{
+		3: "reopen=false seek=true setfl=true setfd=false close=false",
+		4: "reopen=true seek=true setfl=false setfd=false close=false",
+		6: "reopen=false seek=false setfl=false setfd=false close=true",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("steps\n%v\nwant\n%v", got, want)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "fd 5") {
+		t.Errorf("warnings %q, want one naming fd 5 past the end of its file", warnings)
+	}
+	if flags := reopenFlags(&saved[2]); flags&(unix.O_CREAT|unix.O_TRUNC|unix.O_EXCL) != 0 || flags&unix.O_APPEND == 0 {
+		t.Errorf("reopen flags %#o, want O_APPEND kept and no O_CREAT, O_TRUNC, O_EXCL", flags)
+	}
+}
+
+func TestPlanFDsRejects(t *testing.T) {
+	cases := []struct {
+		name  string
+		saved snapshot.FD
+		cur   []snapshot.FD
+		paths map[string]fileIdentity
+		want  string
+	}{
+		{"pipe closed", snapshot.FD{Num: 4, Kind: snapshot.KindPipe, Target: "pipe:[9]", Ino: 9, Mode: unix.S_IFIFO}, nil, nil, "fd 4 (pipe pipe:[9])"},
+		{"socket replaced", snapshot.FD{Num: 5, Kind: snapshot.KindSocket, Target: "socket:[9]", Ino: 9, Mode: unix.S_IFSOCK},
+			[]snapshot.FD{{Num: 5, Kind: snapshot.KindSocket, Target: "socket:[10]", Ino: 10, Mode: unix.S_IFSOCK}}, nil, "fd 5 (socket socket:[9])"},
+		{"deleted file closed", snapshot.FD{Num: 6, Kind: snapshot.KindDeleted, Target: "/tmp/x (deleted)", Ino: 9, Mode: unix.S_IFREG}, nil, nil, "fd 6 (deleted"},
+		{"file gone", regularFD(7, "/data/gone", 9, 0, 0), nil, nil, "fd 7 "},
+		{"file replaced", regularFD(8, "/data/f", 9, 0, 0), nil, map[string]fileIdentity{"/data/f": {dev: 3, ino: 99}}, "fd 8 "},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := planFDs([]snapshot.FD{c.saved}, c.cur, fakeProbe(c.paths, nil))
+			var rej *RejectError
+			if !errors.As(err, &rej) || rej.Errno != unix.EOPNOTSUPP || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("planFDs: %v, want EOPNOTSUPP RejectError containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestCheckThreads(t *testing.T) {
+	img := &snapshot.Image{Threads: []snapshot.Thread{{TID: 10}, {TID: 11}, {TID: 12}}}
+	if err := checkThreads([]int{10, 11, 12}, img); err != nil {
+		t.Errorf("same threads: %v", err)
+	}
+	err := checkThreads([]int{10, 12, 13}, img)
+	if !errors.Is(err, unix.EOPNOTSUPP) || !strings.Contains(err.Error(), "created since: [13]") || !strings.Contains(err.Error(), "ended since: [11]") {
+		t.Errorf("changed threads: %v, want EOPNOTSUPP naming 13 created and 11 ended", err)
+	}
+}
+
+func TestCheckRestartable(t *testing.T) {
+	img := &snapshot.Image{Threads: []snapshot.Thread{{TID: 10}}}
+	img.Threads[0].RawRegs.Orig_rax = unix.SYS_RESTART_SYSCALL
+	img.Threads[0].RawRegs.Rax = ^uint64(errRestartRestartBlock - 1) // -516
+	if err := checkRestartable(img); !errors.Is(err, unix.EOPNOTSUPP) || !strings.Contains(err.Error(), "thread 10") {
+		t.Errorf("thread inside restart_syscall: %v, want EOPNOTSUPP naming thread 10", err)
+	}
+	img.Threads[0].RawRegs.Orig_rax = unix.SYS_NANOSLEEP
+	if err := checkRestartable(img); err != nil {
+		t.Errorf("thread inside nanosleep: %v", err)
+	}
+}
+
+func TestResumeRegs(t *testing.T) {
+	th := &snapshot.Thread{}
+	th.Regs.Rip, th.Regs.Rax, th.Regs.Orig_rax = 0x1000, unix.SYS_READ, unix.SYS_READ
+	regs := resumeRegs(th)
+	if regs.Orig_rax != ^uint64(0) || regs.Rip != 0x1000 || regs.Rax != unix.SYS_READ {
+		t.Errorf("resume registers rip %#x rax %d orig_rax %#x, want rip 0x1000 rax 0 orig_rax -1", regs.Rip, regs.Rax, regs.Orig_rax)
+	}
+	if th.Regs.Orig_rax != unix.SYS_READ {
+		t.Errorf("resumeRegs changed the image's registers")
+	}
+}
+
+func TestMarkRuns(t *testing.T) {
+	runs := []snapshot.Run{{Off: 0, Len: pageSize}, {Off: 3 * pageSize, Len: 2 * pageSize}, {Off: 9 * pageSize, Len: pageSize}}
+	inRun := make([]bool, 6)
+	markRuns(inRun, runs, 2*pageSize) // pages 2..7
+	want := []bool{false, true, true, false, false, false}
+	if !reflect.DeepEqual(inRun, want) {
+		t.Errorf("pages 2-7 in runs %v, want %v", inRun, want)
+	}
+}
+
+func TestCheckXCR0(t *testing.T) {
+	xstate := make([]byte, 1024)
+	xstate[xcr0Offset] = 0xe7
+	img := &snapshot.Image{XCR0: 0xe7}
+	if err := checkXCR0(img, xstate); err != nil {
+		t.Errorf("same XCR0: %v", err)
+	}
+	img.XCR0 = 0x7
+	if err := checkXCR0(img, xstate); !errors.Is(err, unix.EOPNOTSUPP) {
+		t.Errorf("different XCR0: %v, want EOPNOTSUPP", err)
+	}
+}

@@ -1,0 +1,81 @@
+package engine
+
+import (
+	"debug/elf"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// checkTarget rejects a process that no operation may act on, before
+// anything touches it.
+func checkTarget(pid int) error {
+	self := os.Getpid()
+	if pid == self {
+		return reject(unix.EPERM, fmt.Sprintf("pid %d is the ckptfs daemon itself", pid))
+	}
+
+	st, err := ReadStatus(pid)
+	if err != nil {
+		return err
+	}
+	switch {
+	case st.Tgid == self:
+		return reject(unix.EPERM, fmt.Sprintf("pid %d is a thread of the ckptfs daemon", pid))
+	case st.Tgid != pid:
+		return reject(unix.EINVAL, fmt.Sprintf("pid %d is a thread of process %d, not a process", pid, st.Tgid))
+	case st.State == 'Z' || st.State == 'X':
+		return reject(unix.ESRCH, fmt.Sprintf("pid %d (%s) is a zombie", pid, st.Name))
+	}
+
+	if kernelThread(pid, st) {
+		return reject(unix.EPERM, fmt.Sprintf("pid %d (%s) is a kernel thread", pid, st.Name))
+	}
+	if st.TracerPid != 0 {
+		return reject(unix.EPERM, fmt.Sprintf("pid %d (%s) is already traced by pid %d (%s)",
+			pid, st.Name, st.TracerPid, commOf(st.TracerPid)))
+	}
+	return check64bit(pid, st.Name)
+}
+
+// kernelThread reports whether pid is a kernel thread: the Kthread line of
+// status (Linux 6.x), PF_KTHREAD in the stat flags, or a child of kthreadd
+// (pid 2).
+func kernelThread(pid int, st *Status) bool {
+	if st.Kthread || st.PPid == 2 {
+		return true
+	}
+	ps, err := readProcStat(pid)
+	return err == nil && ps.Flags&pfKthread != 0
+}
+
+// commOf returns the command name of pid, or "?" when it cannot be read.
+func commOf(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// check64bit rejects a process whose executable is not a 64-bit ELF file:
+// the engine reads and writes only the x86-64 register layout.
+func check64bit(pid int, name string) error {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return fmt.Errorf("open executable of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+
+	var ident [elf.EI_NIDENT]byte
+	if _, err := io.ReadFull(f, ident[:]); err != nil {
+		return fmt.Errorf("read ELF header of pid %d: %w", pid, err)
+	}
+	if elf.Class(ident[elf.EI_CLASS]) != elf.ELFCLASS64 {
+		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d (%s) is a 32-bit process, which is not supported", pid, name))
+	}
+	return nil
+}

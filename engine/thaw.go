@@ -1,0 +1,98 @@
+package engine
+
+import (
+	"errors"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// thaw undoes freeze on every path: it unmaps the scratch page, detaches
+// every thread (delivering the signals held back during injections) and,
+// when the process was in a job-control stop, makes sure it still is.
+// Errors are logged, because thaw runs on paths that already fail.
+//
+// Precondition: called on the op's locked thread.
+func (op *Op) thaw() {
+	if !op.frozen {
+		return
+	}
+	jobStopped := op.jobStopped()
+
+	op.unmapScratch()
+	for i := 0; i < len(op.threads); i++ {
+		op.detach(op.threads[i])
+	}
+	op.frozenFor = time.Since(op.freezeStart)
+	op.frozen = false
+	op.threads = nil
+	op.syscallIP = 0
+	op.closeMem()
+
+	if jobStopped {
+		op.keepJobStopped()
+	}
+}
+
+// detach releases one thread. A thread that was interrupted but never
+// waited for is waited for first, because PTRACE_DETACH fails with ESRCH
+// on a tracee that is not in a ptrace stop.
+//
+// Precondition: called on the op's locked thread.
+func (op *Op) detach(th *thread) {
+	if th.exited {
+		return
+	}
+	if !th.stopped {
+		if err := op.waitStop(th); err != nil {
+			op.log.Warn("thread did not stop before detach", "tid", th.tid, "err", err)
+		}
+		if th.exited {
+			return
+		}
+	}
+
+	var sig unix.Signal
+	if len(th.signals) > 0 {
+		sig = th.signals[0]
+		for _, extra := range th.signals[1:] {
+			if err := unix.Tgkill(op.pid, th.tid, extra); err != nil {
+				op.log.Warn("re-sending held signal failed", "tid", th.tid, "signal", extra, "err", err)
+			}
+		}
+	}
+	if err := ptraceDetach(th.tid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+		op.log.Warn("detach failed", "tid", th.tid, "err", err)
+	}
+}
+
+// jobStopped reports whether the process was in a job-control stop when
+// it was frozen.
+//
+// Precondition: called on the op's locked thread.
+func (op *Op) jobStopped() bool {
+	for _, th := range op.threads {
+		if th.jobStop {
+			return true
+		}
+	}
+	return false
+}
+
+// keepJobStopped stops the process again if it was job-stopped before the
+// freeze but runs after the detach. The kernel normally re-enters the
+// group stop on detach by itself, so this is a safety net.
+func (op *Op) keepJobStopped() {
+	// The detached threads enter the stop asynchronously: give them a moment.
+	for range 100 {
+		st, err := readProcStat(op.pid)
+		if err != nil || st.State == 'T' {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	op.log.Warn("process left its job-control stop during the operation; stopping it again")
+	if err := unix.Kill(op.pid, unix.SIGSTOP); err != nil {
+		op.log.Warn("stopping the process again failed", "err", err)
+	}
+}

@@ -1,0 +1,164 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/snapshot"
+)
+
+// maxWrite is the largest FUSE read or write request, the kernel's cap.
+const maxWrite = 1 << 20
+
+// Config configures a mount.
+type Config struct {
+	// Store holds the snapshots; required.
+	Store *snapshot.Store
+
+	// Logger receives one Info record per capture and restore, one Error
+	// record per failure and, at Debug level, one record per request. Nil
+	// discards everything.
+	Logger *slog.Logger
+
+	// Debug turns on go-fuse's trace of the FUSE protocol, logged at Debug
+	// level.
+	Debug bool
+}
+
+// Server is a mounted ckptfs tree.
+type Server struct {
+	fuse       *fuse.Server
+	mountpoint string
+	state      *mountState
+}
+
+// Mount mounts the ckptfs tree on mountpoint and serves it until Unmount or
+// an external umount. As root it calls mount(2) itself; otherwise it mounts
+// through fusermount3 and can act only on the user's own processes.
+func Mount(mountpoint string, cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, fmt.Errorf("mount %s: no store: %w", mountpoint, unix.EINVAL)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	yama, err := readYamaScope()
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	state := &mountState{
+		store:     cfg.Store,
+		log:       log,
+		yamaScope: yama,
+		started:   time.Now(),
+		procs:     map[snapshot.ProcessID]*procState{},
+	}
+
+	root := &rootDir{state: state}
+	srv, err := gofs.Mount(mountpoint, root, mountOptions(cfg, log))
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+
+	log.Info("mounted", "mountpoint", mountpoint, "store", cfg.Store.Dir())
+	return &Server{fuse: srv, mountpoint: mountpoint, state: state}, nil
+}
+
+// mountOptions returns the go-fuse options of a mount. Timeouts stay unset
+// (zero) on purpose: the root and the process directories change with every
+// process start and exit, and the snapshot subtrees set their own long
+// timeouts per entry.
+func mountOptions(cfg Config, log *slog.Logger) *gofs.Options {
+	root := os.Geteuid() == 0
+	return &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:        true,
+			Options:           []string{"default_permissions"},
+			FsName:            "ckptfs",
+			Name:              "ckptfs",
+			MaxWrite:          maxWrite,
+			DirectMount:       root,
+			DirectMountStrict: root,
+			DisableXAttrs:     true,
+			// Entries of the root and the process directories expire at
+			// once, so READDIRPLUS would only add a lookup per entry.
+			DisableReadDirPlus: true,
+			Debug:              cfg.Debug,
+			Logger:             slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		},
+		NullPermissions: true,
+		Logger:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// Wait blocks until the file system is unmounted.
+func (s *Server) Wait() {
+	s.fuse.Wait()
+}
+
+// Unmount unmounts the file system. When the kernel reports it busy, for
+// example because a process has a file open inside, Unmount detaches it
+// lazily with umount2(MNT_DETACH). The mount then leaves the namespace at
+// once, and the server stops when the last file is closed.
+func (s *Server) Unmount() error {
+	err := s.fuse.Unmount()
+	if err == nil {
+		s.state.log.Info("unmounted", "mountpoint", s.mountpoint)
+		return nil
+	}
+
+	detachErr := unix.Unmount(s.mountpoint, unix.MNT_DETACH)
+	if detachErr != nil && !errors.Is(detachErr, unix.EINVAL) {
+		return fmt.Errorf("unmount %s: %w (lazy unmount: %w)", s.mountpoint, err, detachErr)
+	}
+	s.state.log.Warn("unmounted lazily", "mountpoint", s.mountpoint, "err", err)
+	return nil
+}
+
+// mountState is shared by every node of one mount.
+type mountState struct {
+	store     *snapshot.Store
+	log       *slog.Logger
+	yamaScope int
+	started   time.Time
+
+	// mu protects procs. It is held only to look an entry up or prune it.
+	mu    sync.Mutex
+	procs map[snapshot.ProcessID]*procState
+}
+
+// proc returns the state kept for the process id, creating it on first use.
+func (m *mountState) proc(id snapshot.ProcessID) *procState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	p := m.procs[id]
+	if p == nil {
+		p = &procState{}
+		m.procs[id] = p
+	}
+	return p
+}
+
+// forgetExited drops the state of processes that are not in live, keyed by
+// pid.
+func (m *mountState) forgetExited(live map[int]bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	for id := range m.procs {
+		if !live[id.PID] {
+			delete(m.procs, id)
+		}
+	}
+}
