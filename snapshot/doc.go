@@ -1,5 +1,6 @@
 // Package snapshot defines the data model of a captured process (Image,
-// Thread, Region, Run, FD) and stores images on disk as snapshots.
+// Thread, Region, Run, FD) and stores images as snapshots, in a local
+// directory or in an S3 bucket.
 //
 // # Terms
 //
@@ -81,4 +82,60 @@
 // Lock order: a work directory before a process directory. Inside a
 // Snapshot, mu protects only the frame cache and is never held while
 // reading or decompressing.
+//
+// # Backends
+//
+// A Store keeps its snapshots through a backend: a local directory (Open,
+// the default, described above) or a prefix of an S3 bucket (OpenURL with
+// s3://BUCKET/PREFIX). Callers see the same API, errors and file formats
+// with either. Store checks names and images and sorts lists; every backend
+// keeps this contract:
+//
+//   - A snapshot appears whole or not at all. Its data files are stored
+//     first and its manifest last, and only a manifest that parses, names
+//     the snapshot and process of its place, and whose files exist with the
+//     recorded sizes makes a snapshot listed or loadable. Damaged ones are
+//     skipped and logged at Warn once per Store.
+//   - A save that fails or is killed before its manifest leaves nothing
+//     listed. A taken name gives an error wrapping unix.EEXIST. Two
+//     concurrent saves never commit one name twice (in a bucket, only on a
+//     server that honours If-None-Match). snap-N numbers count up per
+//     process and are not reused after a removal, except that in a bucket
+//     two saves of one process at once may leave the lower number in its
+//     counter.
+//   - Remove makes a snapshot disappear in one step before deleting its
+//     data; a missing snapshot gives an error wrapping unix.ENOENT.
+//   - Load reads the metadata files whole, checking their hashes. Memory
+//     is read one frame at a time through a memoryObject (io.ReaderAt), and
+//     every frame is checked against the index, so damage anywhere gives an
+//     error wrapping ErrCorrupt.
+//   - Errors keep the errno of their cause and name the path, or the object
+//     URL and server, that failed.
+//
+// # S3 layout
+//
+//	s3://BUCKET/PREFIX/HOST/            HOST: host name, or machine id
+//	  <pid>-<starttime>.boot-<tag>/     one process, always with its boot tag
+//	    .counter                        last snap-N number used
+//	    <name>/manifest                 written last: as in a directory, plus
+//	                                    the id of the upload holding the data
+//	    .data/<upload id>/              image.json, maps, index, memory
+//
+// Hosts sharing a bucket use separate HOST prefixes and never see each
+// other's snapshots. Save compresses memory into an unlinked spool file in
+// os.TempDir, then uploads the data objects under a new random upload id,
+// and last creates the manifest with a conditional put (If-None-Match: *),
+// which fails when the name is taken; an automatic name then moves on to the
+// next number. Data objects are never shared between snapshots, so a save
+// that loses a name race cannot damage the winner. List lists the host's
+// prefix once and fetches only manifests it has not cached by ETag. Load
+// fetches the manifest and metadata objects; ReadRegion fetches each frame it
+// decompresses with an HTTP range GET on the memory object and keeps the
+// last 8 in the Snapshot's frame cache. Remove deletes the manifest, then
+// the data objects.
+//
+// The server and credentials come from the environment (see OpenURL) and are
+// never logged. A server that cannot be reached fails each request after a
+// few retries with an error naming the endpoint. There are no locks: the
+// conditional put is the only point where concurrent saves meet.
 package snapshot

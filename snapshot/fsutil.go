@@ -3,6 +3,7 @@ package snapshot
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -97,13 +98,39 @@ func (l *lockedDir) stillAt() (bool, error) {
 	return os.SameFile(held, current), nil
 }
 
+// hashWriter records the size and xxhash64 of the bytes written through it
+// to w, the contents of one file of a snapshot.
+type hashWriter struct {
+	name   string
+	w      io.Writer
+	digest *xxhash.Digest
+	size   uint64
+}
+
+func newHashWriter(name string, w io.Writer) hashWriter {
+	return hashWriter{name: name, w: w, digest: xxhash.New()}
+}
+
+func (h *hashWriter) Write(p []byte) (int, error) {
+	n, err := h.w.Write(p)
+	h.digest.Write(p[:n])
+	h.size += uint64(n)
+	if err != nil {
+		return n, fmt.Errorf("write %s: %w", h.name, err)
+	}
+	return n, nil
+}
+
+// entry returns the manifest entry of the bytes written so far.
+func (h *hashWriter) entry() fileEntry {
+	return fileEntry{Name: h.name, Size: h.size, Hash: h.digest.Sum64()}
+}
+
 // hashedFile is a new file of a snapshot that records its size and xxhash64
 // while it is written.
 type hashedFile struct {
-	name   string
-	file   *os.File
-	digest *xxhash.Digest
-	size   uint64
+	hashWriter
+	file *os.File
 }
 
 // createHashed creates dir/name, which must not exist yet.
@@ -112,17 +139,7 @@ func createHashed(dir, name string) (*hashedFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
-	return &hashedFile{name: name, file: file, digest: xxhash.New()}, nil
-}
-
-func (h *hashedFile) Write(p []byte) (int, error) {
-	n, err := h.file.Write(p)
-	h.digest.Write(p[:n])
-	h.size += uint64(n)
-	if err != nil {
-		return n, fmt.Errorf("write %s: %w", h.name, err)
-	}
-	return n, nil
+	return &hashedFile{hashWriter: newHashWriter(name, file), file: file}, nil
 }
 
 // finish syncs and closes the file and returns its manifest entry.
@@ -134,7 +151,7 @@ func (h *hashedFile) finish() (fileEntry, error) {
 	if err := h.file.Close(); err != nil {
 		return fileEntry{}, fmt.Errorf("close %s: %w", h.name, err)
 	}
-	return fileEntry{Name: h.name, Size: h.size, Hash: h.digest.Sum64()}, nil
+	return h.entry(), nil
 }
 
 // abort closes the file after a failure. Its error is dropped because the

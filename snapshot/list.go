@@ -18,6 +18,24 @@ import (
 // other than 0 keeps only the snapshots of processes with that pid. Damaged
 // snapshots are skipped and logged at Warn once per Store.
 func (s *Store) List(pid int) ([]Info, error) {
+	infos, err := s.backend.listSnapshots(pid)
+	if err != nil {
+		return nil, err
+	}
+
+	slices.SortFunc(infos, func(a, b Info) int {
+		if a.Process.PID != b.Process.PID {
+			return a.Process.PID - b.Process.PID
+		}
+		if a.Process.StartTime != b.Process.StartTime {
+			return compareUint(a.Process.StartTime, b.Process.StartTime)
+		}
+		return compareCaptured(a, b)
+	})
+	return infos, nil
+}
+
+func (s *dirStore) listSnapshots(pid int) ([]Info, error) {
 	owners, err := s.ownerDirs()
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots: %w", err)
@@ -49,22 +67,21 @@ func (s *Store) List(pid int) ([]Info, error) {
 			infos = append(infos, found...)
 		}
 	}
-
-	slices.SortFunc(infos, func(a, b Info) int {
-		if a.Process.PID != b.Process.PID {
-			return a.Process.PID - b.Process.PID
-		}
-		if a.Process.StartTime != b.Process.StartTime {
-			return compareUint(a.Process.StartTime, b.Process.StartTime)
-		}
-		return compareCaptured(a, b)
-	})
 	return infos, nil
 }
 
 // Snapshots returns the committed snapshots of one process, oldest capture
 // first (ties by name). A process without snapshots gives an empty list.
 func (s *Store) Snapshots(p ProcessID) ([]Info, error) {
+	infos, err := s.backend.processSnapshots(p)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(infos, compareCaptured)
+	return infos, nil
+}
+
+func (s *dirStore) processSnapshots(p ProcessID) ([]Info, error) {
 	proc, err := s.findProcessDir(p)
 	if errors.Is(err, unix.ENOENT) {
 		return []Info{}, nil
@@ -77,7 +94,6 @@ func (s *Store) Snapshots(p ProcessID) ([]Info, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots of process %d: %w", p.PID, err)
 	}
-	slices.SortFunc(infos, compareCaptured)
 	return infos, nil
 }
 
@@ -100,7 +116,7 @@ func compareUint(a, b uint64) int {
 
 // snapshotsIn returns the snapshots of the process directory proc whose
 // manifest verifies and names process id.
-func (s *Store) snapshotsIn(proc string, id ProcessID) ([]Info, error) {
+func (s *dirStore) snapshotsIn(proc string, id ProcessID) ([]Info, error) {
 	entries, err := os.ReadDir(proc)
 	if err != nil {
 		return nil, fmt.Errorf("read process directory %s: %w", proc, err)
@@ -141,14 +157,22 @@ func readInfo(dir, name string, id ProcessID) (Info, *manifest, error) {
 
 // Remove deletes the snapshot name of process p. The snapshot disappears at
 // once (its directory is renamed out of the process directory under the
-// lock) and its files are deleted afterwards. The process directory and its
-// auto-name counter stay, so snap-N numbers are not reused. A missing
-// snapshot gives an error wrapping unix.ENOENT, an invalid name one wrapping
-// unix.EINVAL.
+// lock, or its manifest object is deleted first) and its files are deleted
+// afterwards. The process directory and its auto-name counter stay, so
+// snap-N numbers are not reused. A missing snapshot gives an error wrapping
+// unix.ENOENT, an invalid name one wrapping unix.EINVAL.
 func (s *Store) Remove(p ProcessID, name string) error {
 	if err := ValidName(name); err != nil {
 		return fmt.Errorf("remove snapshot of process %d: %w", p.PID, err)
 	}
+	if err := s.backend.removeSnapshot(p, name); err != nil {
+		return err
+	}
+	s.log.Debug("snapshot removed", "pid", p.PID, "snapshot", name)
+	return nil
+}
+
+func (s *dirStore) removeSnapshot(p ProcessID, name string) error {
 	proc, err := s.findProcessDir(p)
 	if err != nil {
 		return fmt.Errorf("remove snapshot %s: %w", name, err)
@@ -170,14 +194,13 @@ func (s *Store) Remove(p ProcessID, name string) error {
 		s.log.Warn("cannot delete files of removed snapshot, the next Open deletes them",
 			"snapshot", name, "pid", p.PID, "path", trash, "err", err)
 	}
-	s.log.Debug("snapshot removed", "pid", p.PID, "snapshot", name)
 	return nil
 }
 
 // detach renames the snapshot directory proc/name to a new .tmp-* path in
 // the store's top directory and returns that path. The caller holds the
 // lock of proc.
-func (s *Store) detach(proc, name string) (string, error) {
+func (s *dirStore) detach(proc, name string) (string, error) {
 	dir := filepath.Join(proc, name)
 	info, err := os.Lstat(dir)
 	if err != nil {

@@ -49,6 +49,11 @@ type manifest struct {
 	Version int         `json:"version"`
 	Info    Info        `json:"info"` // Stored is always zero here
 	Files   []fileEntry `json:"files"`
+
+	// Data names the upload that holds the other files in a remote store,
+	// where they lie apart from the manifest. It is empty in a local store,
+	// whose files sit beside the manifest.
+	Data string `json:"data,omitempty"`
 }
 
 // fileEntry records the size and xxhash64 of one file of a snapshot.
@@ -141,6 +146,10 @@ func (m *manifest) check() error {
 		return fmt.Errorf("manifest has a negative count or a pid below 1: %w", ErrCorrupt)
 	}
 
+	if m.Data != "" && !validUploadID(m.Data) {
+		return fmt.Errorf("manifest data upload %.40q is not %d lowercase hex digits: %w", m.Data, uploadIDLen, ErrCorrupt)
+	}
+
 	if len(m.Files) != len(dataFiles) {
 		return fmt.Errorf("manifest lists %d files, expected %d: %w", len(m.Files), len(dataFiles), ErrCorrupt)
 	}
@@ -175,6 +184,9 @@ func readManifest(dir string) (*manifest, uint64, error) {
 	m, err := parseManifest(data)
 	if err != nil {
 		return nil, 0, fmt.Errorf("manifest of %s: %w", dir, err)
+	}
+	if m.Data != "" {
+		return nil, 0, fmt.Errorf("manifest of %s names remote data upload %s: %w", dir, m.Data, ErrCorrupt)
 	}
 
 	stored := uint64(len(data))
@@ -227,8 +239,20 @@ func readVerified(dir string, entry fileEntry) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	if got := xxhash.Sum64(data); got != entry.Hash {
-		return nil, fmt.Errorf("%s has hash %016x, expected %016x from the manifest: %w", path, got, entry.Hash, ErrCorrupt)
+	if err := checkContents(path, data, entry); err != nil {
+		return nil, err
 	}
 	return data, nil
+}
+
+// checkContents checks the size and hash of the contents of one file listed
+// in a manifest; where names the file in the error.
+func checkContents(where string, data []byte, entry fileEntry) error {
+	if uint64(len(data)) != entry.Size {
+		return fmt.Errorf("%s is %d bytes, expected %d from the manifest: %w", where, len(data), entry.Size, ErrCorrupt)
+	}
+	if got := xxhash.Sum64(data); got != entry.Hash {
+		return fmt.Errorf("%s has hash %016x, expected %016x from the manifest: %w", where, got, entry.Hash, ErrCorrupt)
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"runtime"
 	"sync"
 
@@ -63,16 +64,29 @@ func (job *frameJob) compress(enc *zstd.Encoder) {
 }
 
 // writeMemory writes the saved bytes of every run of img as zstd frames into
-// dir/memory, compressing on GOMAXPROCS workers while one goroutine writes the
-// frames in order. It returns the file's manifest entry and the index.
+// dir/memory and returns the file's manifest entry and the index.
 func writeMemory(dir string, img *Image) (fileEntry, *index, error) {
-	enc, err := encoder()
-	if err != nil {
-		return fileEntry{}, nil, fmt.Errorf("create zstd encoder: %w", err)
-	}
 	out, err := createHashed(dir, memoryFile)
 	if err != nil {
 		return fileEntry{}, nil, err
+	}
+
+	x, err := encodeMemory(&out.hashWriter, img)
+	if err != nil {
+		out.abort()
+		return fileEntry{}, nil, err
+	}
+	entry, err := out.finish()
+	return entry, x, err
+}
+
+// encodeMemory writes the saved bytes of every run of img as zstd frames to
+// out, compressing on GOMAXPROCS workers while one goroutine writes the
+// frames in order. It returns the index of the frames.
+func encodeMemory(out io.Writer, img *Image) (*index, error) {
+	enc, err := encoder()
+	if err != nil {
+		return nil, fmt.Errorf("create zstd encoder: %w", err)
 	}
 
 	// At most 3*workers frames are in flight, which bounds the memory used.
@@ -114,17 +128,16 @@ func writeMemory(dir string, img *Image) (fileEntry, *index, error) {
 	wg.Wait()
 
 	if err != nil {
-		out.abort()
-		return fileEntry{}, nil, err
+		return nil, err
 	}
-	entry, err := out.finish()
-	return entry, x, err
+	return x, nil
 }
 
 // writeFrames appends the frames from queue to out in order and records them
 // in x. After the first error it closes stop and drains the queue.
-func writeFrames(out *hashedFile, queue <-chan *frameJob, stop chan<- struct{}, x *index) error {
+func writeFrames(out io.Writer, queue <-chan *frameJob, stop chan<- struct{}, x *index) error {
 	var err error
+	var size uint64
 	for job := range queue {
 		<-job.done
 		if err != nil {
@@ -132,7 +145,7 @@ func writeFrames(out *hashedFile, queue <-chan *frameJob, stop chan<- struct{}, 
 		}
 
 		frame := frameEntry{
-			FileOff: out.size,
+			FileOff: size,
 			CLen:    uint32(len(job.compressed)),
 			ULen:    uint32(job.size),
 			Hash:    job.hash,
@@ -141,6 +154,7 @@ func writeFrames(out *hashedFile, queue <-chan *frameJob, stop chan<- struct{}, 
 			close(stop)
 			continue
 		}
+		size += uint64(len(job.compressed))
 		x.frames = append(x.frames, frame)
 	}
 	return err

@@ -31,7 +31,7 @@ func processDirNames(p ProcessID) [2]string {
 
 // findProcessDir returns the directory of p's snapshots, or an error
 // wrapping unix.ENOENT when p has none.
-func (s *Store) findProcessDir(p ProcessID) (string, error) {
+func (s *dirStore) findProcessDir(p ProcessID) (string, error) {
 	owners, err := s.ownerDirs()
 	if err != nil {
 		return "", err
@@ -59,7 +59,7 @@ func (s *Store) findProcessDir(p ProcessID) (string, error) {
 // ensureProcessDir returns the directory of p's snapshots, creating it
 // under the owner uid when p has none. A process keeps the directory of its
 // first capture even when its uid changes later.
-func (s *Store) ensureProcessDir(p ProcessID, uid uint32) (string, error) {
+func (s *dirStore) ensureProcessDir(p ProcessID, uid uint32) (string, error) {
 	path, err := s.findProcessDir(p)
 	if !errors.Is(err, unix.ENOENT) {
 		return path, err
@@ -88,7 +88,7 @@ func (s *Store) ensureProcessDir(p ProcessID, uid uint32) (string, error) {
 }
 
 // makeOwnerDir creates the per-uid directory when missing.
-func (s *Store) makeOwnerDir(path string) error {
+func (s *dirStore) makeOwnerDir(path string) error {
 	err := os.Mkdir(path, 0o700)
 	if errors.Is(err, os.ErrExist) {
 		return nil
@@ -102,7 +102,7 @@ func (s *Store) makeOwnerDir(path string) error {
 // createProcessDir creates the process directory at path with its identity
 // and counter files in one rename, so no reader sees it half made. It does
 // nothing when path exists.
-func (s *Store) createProcessDir(path string, p ProcessID) error {
+func (s *dirStore) createProcessDir(path string, p ProcessID) error {
 	if _, err := os.Lstat(path); err == nil {
 		return nil
 	}
@@ -170,7 +170,7 @@ func readIdentity(dir string) (ProcessID, error) {
 // records it in the counter file, so that N is never used again even after
 // the snapshot is removed. N is above both the counter and every snap-N
 // present, which also skips numbers a user took by name.
-func (s *Store) nextAutoName(dir string) (string, error) {
+func (s *dirStore) nextAutoName(dir string) (string, error) {
 	last := s.readCounter(dir)
 
 	entries, err := os.ReadDir(dir)
@@ -193,7 +193,7 @@ func (s *Store) nextAutoName(dir string) (string, error) {
 // readCounter returns the last auto number of a process directory. A damaged
 // counter is logged and read as 0: the names present still keep numbers from
 // being reused while their snapshots exist.
-func (s *Store) readCounter(dir string) uint64 {
+func (s *dirStore) readCounter(dir string) uint64 {
 	data, err := readAtMost(filepath.Join(dir, counterFile), 64)
 	if err == nil {
 		n, parseErr := strconv.ParseUint(strings.TrimSuffix(string(data), "\n"), 10, 64)

@@ -38,8 +38,9 @@ type Snapshot struct {
 	Info  Info
 	Image *Image
 
+	// dir is the snapshot's directory, or its URL in a remote store.
 	dir    string
-	memory *os.File
+	memory memoryObject
 	index  *index
 
 	// mu protects cache.
@@ -65,6 +66,10 @@ func (s *Store) Load(p ProcessID, name string) (*Snapshot, error) {
 	if err := ValidName(name); err != nil {
 		return nil, fmt.Errorf("load snapshot of process %d: %w", p.PID, err)
 	}
+	return s.backend.loadSnapshot(p, name)
+}
+
+func (s *dirStore) loadSnapshot(p ProcessID, name string) (*Snapshot, error) {
 	proc, err := s.findProcessDir(p)
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot %s: %w", name, err)
@@ -89,7 +94,9 @@ func (s *Store) Load(p ProcessID, name string) (*Snapshot, error) {
 // loadFiles reads the metadata of the committed snapshot directory dir,
 // whose manifest is m, and opens its memory file.
 func loadFiles(dir string, info Info, m *manifest) (*Snapshot, error) {
-	img, x, err := readMetadata(dir, m)
+	img, x, err := readMetadata(m, func(entry fileEntry) ([]byte, error) {
+		return readVerified(dir, entry)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -98,16 +105,29 @@ func loadFiles(dir string, info Info, m *manifest) (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open memory: %w", err)
 	}
-	if want := m.file(memoryFile).Size; x.dataSize() != want {
+	snap, err := newSnapshot(dir, info, m, img, x, memory)
+	if err != nil {
 		memory.Close()
+		return nil, err
+	}
+	return snap, nil
+}
+
+// newSnapshot returns a Snapshot reading its frames from memory, after
+// checking that the frames of the index end where the memory file of the
+// manifest does.
+func newSnapshot(dir string, info Info, m *manifest, img *Image, x *index, memory memoryObject) (*Snapshot, error) {
+	if want := m.file(memoryFile).Size; x.dataSize() != want {
 		return nil, fmt.Errorf("index frames end at %d, memory file is %d bytes: %w", x.dataSize(), want, ErrCorrupt)
 	}
 	return &Snapshot{Info: info, Image: img, dir: dir, memory: memory, index: x}, nil
 }
 
-// readMetadata reads and cross-checks the image, maps and index files.
-func readMetadata(dir string, m *manifest) (*Image, *index, error) {
-	meta, err := readVerified(dir, m.file(imageFile))
+// readMetadata reads and cross-checks the image, maps and index files of
+// manifest m. read returns the contents of one file after checking its size
+// and hash against the entry.
+func readMetadata(m *manifest, read func(fileEntry) ([]byte, error)) (*Image, *index, error) {
+	meta, err := read(m.file(imageFile))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -122,12 +142,12 @@ func readMetadata(dir string, m *manifest) (*Image, *index, error) {
 		return nil, nil, fmt.Errorf("%s does not match the manifest: %w", imageFile, ErrCorrupt)
 	}
 
-	img.Maps, err = readVerified(dir, m.file(mapsFile))
+	img.Maps, err = read(m.file(mapsFile))
 	if err != nil {
 		return nil, nil, err
 	}
 
-	raw, err := readVerified(dir, m.file(indexFile))
+	raw, err := read(m.file(indexFile))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,12 +13,13 @@ import (
 
 // Save writes img to the store as a snapshot named name, or as the next
 // snap-N of its process when name is "". The snapshot appears complete or not
-// at all: its files are written and synced in a work directory that is
-// renamed into place after the manifest. On any failure the work directory
-// is deleted and the error keeps the errno, so a full disk gives an error
-// wrapping unix.ENOSPC. A taken name gives one wrapping unix.EEXIST, an
-// invalid name or malformed image one wrapping unix.EINVAL. Save does not
-// modify img.
+// at all. In a directory, its files are written and synced in a work
+// directory that is renamed into place after the manifest. In a bucket, its
+// data objects are uploaded before the manifest object. On any failure the
+// partial data is deleted where the backend can reach it and the error keeps
+// the errno, so a full disk gives an error wrapping unix.ENOSPC. A taken name
+// gives one wrapping unix.EEXIST, an invalid name or malformed image one
+// wrapping unix.EINVAL. Save does not modify img.
 func (s *Store) Save(img *Image, name string) (*Info, error) {
 	if img == nil {
 		return nil, fmt.Errorf("save snapshot: no image: %w", unix.EINVAL)
@@ -32,6 +33,18 @@ func (s *Store) Save(img *Image, name string) (*Info, error) {
 		return nil, fmt.Errorf("save snapshot of process %d: malformed image: %v: %w", img.Process.PID, err, unix.EINVAL)
 	}
 
+	start := time.Now()
+	info, err := s.backend.saveImage(img, name)
+	if err != nil {
+		return nil, err
+	}
+
+	s.log.Debug("snapshot saved", "pid", info.Process.PID, "snapshot", info.Name,
+		"bytes", info.Bytes, "stored", info.Stored, "took", time.Since(start))
+	return info, nil
+}
+
+func (s *dirStore) saveImage(img *Image, name string) (*Info, error) {
 	// Fail before compressing anything when the name is already taken; the
 	// check is repeated under the lock at commit.
 	if name != "" {
@@ -40,7 +53,6 @@ func (s *Store) Save(img *Image, name string) (*Info, error) {
 		}
 	}
 
-	start := time.Now()
 	tmp, err := s.makeTempDir()
 	if err != nil {
 		return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
@@ -50,15 +62,12 @@ func (s *Store) Save(img *Image, name string) (*Info, error) {
 		s.discard(tmp)
 		return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
 	}
-
-	s.log.Debug("snapshot saved", "pid", info.Process.PID, "snapshot", info.Name,
-		"bytes", info.Bytes, "stored", info.Stored, "took", time.Since(start))
 	return info, nil
 }
 
 // checkFree returns an error wrapping unix.EEXIST when p has a snapshot
 // directory called name.
-func (s *Store) checkFree(p ProcessID, name string) error {
+func (s *dirStore) checkFree(p ProcessID, name string) error {
 	dir, err := s.findProcessDir(p)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -82,7 +91,7 @@ func checkFreeIn(dir, name string) error {
 
 // save writes the data files into tmp, then commits them under the lock of
 // the process directory.
-func (s *Store) save(tmp *lockedDir, img *Image, name string) (*Info, error) {
+func (s *dirStore) save(tmp *lockedDir, img *Image, name string) (*Info, error) {
 	files, err := writeData(tmp.path, img)
 	if err != nil {
 		return nil, err
@@ -132,7 +141,7 @@ func writeData(dir string, img *Image) ([]fileEntry, error) {
 
 // commit names the snapshot, writes its manifest and renames tmp into the
 // process directory. The caller holds the lock of proc.
-func (s *Store) commit(tmp *lockedDir, proc string, img *Image, name string, files []fileEntry) (*Info, error) {
+func (s *dirStore) commit(tmp *lockedDir, proc string, img *Image, name string, files []fileEntry) (*Info, error) {
 	if name == "" {
 		auto, err := s.nextAutoName(proc)
 		if err != nil {

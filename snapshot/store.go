@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -18,18 +17,29 @@ import (
 // top directory.
 const tmpPrefix = ".tmp-"
 
-// Store is a directory of snapshots. Several Stores, in one process or in
-// several, may use the same directory at once.
+// Store is a set of snapshots kept by a backend: a local directory (Open)
+// or an S3 bucket (OpenURL). Several Stores, in one process or in several,
+// may use the same directory or bucket at once.
 type Store struct {
-	dir string
-	log *slog.Logger
+	// backend performs every operation; the methods of Store check their
+	// arguments and sort what it returns.
+	backend backend
+	log     *slog.Logger
 
-	// mu protects warned.
-	mu sync.Mutex
-	// warned holds the paths of damaged snapshot and process directories
-	// already logged, so that listing them again does not repeat the warning.
-	warned map[string]bool
+	// dirStore is the backend of a store in a local directory, nil for a
+	// remote one. It is embedded so that the directory's own operations
+	// (work directories, process directories) are methods of the Store.
+	*dirStore
 }
+
+// dirStore is a directory of snapshots, the default backend.
+type dirStore struct {
+	dir string
+	warnings
+}
+
+// Compile-time check that a directory is a backend.
+var _ backend = (*dirStore)(nil)
 
 // Open opens the store in dir, creating it with mode 0700 when missing and
 // setting its mode to 0700 when other users have access. A directory owned
@@ -66,11 +76,11 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 		}
 	}
 
-	s := &Store{dir: abs, log: log, warned: map[string]bool{}}
-	if err := s.sweep(); err != nil {
+	d := &dirStore{dir: abs, warnings: newWarnings(log)}
+	if err := d.sweep(); err != nil {
 		return nil, err
 	}
-	return s, nil
+	return &Store{backend: d, log: log, dirStore: d}, nil
 }
 
 // checkOwner rejects a store directory owned by another user, who could
@@ -87,13 +97,17 @@ func checkOwner(path string, info os.FileInfo) error {
 	return nil
 }
 
-// Dir returns the absolute path of the store's directory.
-func (s *Store) Dir() string { return s.dir }
+// Dir returns the absolute path of the store's directory, or for a remote
+// store its URL down to the prefix of this host, such as
+// s3://bucket/prefix/host1.
+func (s *Store) Dir() string { return s.backend.location() }
+
+func (s *dirStore) location() string { return s.dir }
 
 // sweep deletes the .tmp-* entries of crashed saves and removals. A
 // directory whose flock another Store holds belongs to a save in progress
 // and is kept.
-func (s *Store) sweep() error {
+func (s *dirStore) sweep() error {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return fmt.Errorf("read store %s: %w", s.dir, err)
@@ -111,7 +125,7 @@ func (s *Store) sweep() error {
 	return nil
 }
 
-func (s *Store) sweepOne(path string) error {
+func (s *dirStore) sweepOne(path string) error {
 	file, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", path, err)
@@ -136,7 +150,7 @@ func (s *Store) sweepOne(path string) error {
 
 // makeTempDir creates a locked work directory in the store's top directory,
 // on the same filesystem as the snapshots so that it commits by rename.
-func (s *Store) makeTempDir() (*lockedDir, error) {
+func (s *dirStore) makeTempDir() (*lockedDir, error) {
 	// A sweep by another Store may delete the directory before it is
 	// locked; a few attempts are plenty because sweeps only run at Open.
 	for range 10 {
@@ -169,7 +183,7 @@ func (s *Store) makeTempDir() (*lockedDir, error) {
 
 // discard unlocks and deletes a work directory after a failure, logging
 // what it cannot delete (the next Open sweeps it).
-func (s *Store) discard(tmp *lockedDir) {
+func (s *dirStore) discard(tmp *lockedDir) {
 	if err := os.RemoveAll(tmp.path); err != nil {
 		s.log.Warn("cannot remove unfinished snapshot data", "path", tmp.path, "err", err)
 	}
@@ -178,20 +192,8 @@ func (s *Store) discard(tmp *lockedDir) {
 	}
 }
 
-// warnOnce logs a damaged directory at Warn the first time it is met.
-func (s *Store) warnOnce(path, msg string, err error) {
-	s.mu.Lock()
-	seen := s.warned[path]
-	s.warned[path] = true
-	s.mu.Unlock()
-
-	if !seen {
-		s.log.Warn(msg, "path", path, "err", err)
-	}
-}
-
 // ownerDirs returns the paths of the per-uid directories.
-func (s *Store) ownerDirs() ([]string, error) {
+func (s *dirStore) ownerDirs() ([]string, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("read store %s: %w", s.dir, err)
