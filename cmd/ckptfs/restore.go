@@ -1,0 +1,146 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/engine"
+	"github.com/ckptfs/ckptfs/snapshot"
+)
+
+func (a *app) restoreCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "restore PID NAME [PART...]",
+		Short: "Roll a running process back to one of its snapshots",
+		Long: "Restore rolls process PID back in place to its snapshot NAME. Without PART the\n" +
+			"restore is full; with PARTs only those are rolled back:\n" +
+			"  memory    contents of private memory except thread stacks\n" +
+			"  layout    the set of mappings, protections and brk\n" +
+			"  threads   registers, xstate and stack of every thread\n" +
+			"  fds       descriptor table and offsets\n" +
+			"  signals   handlers, mask, altstack\n" +
+			"  START-END or a mapping name from maps ([heap], [stack], a file path):\n" +
+			"            the contents of that one region\n" +
+			"Shared memory, file contents and other processes are left as they are; the\n" +
+			"command prints what it left alone. A snapshot is restored only onto the process\n" +
+			"it was taken from (same PID and start time), never onto a later process that\n" +
+			"reuses the PID.",
+		Args: argsWithPID(2, -1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.restore(mustPID(args), args[1], args[2:])
+		},
+	}
+	a.addStoreFlag(cmd)
+	return cmd
+}
+
+// restore rolls process pid back to its snapshot name, only the given parts
+// when parts is not empty.
+func (a *app) restore(pid int, name string, parts []string) error {
+	t := target{op: "restore", pid: pid, snapshot: name, store: a.storeDir}
+	start := time.Now()
+
+	store, err := a.openStore()
+	if err != nil {
+		return t.fail(err)
+	}
+	snap, err := a.loadForRestore(store, t)
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+
+	if len(parts) == 0 {
+		parts = nil
+	}
+	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name))
+	report, err := engine.Restore(pid, snap.Image, snap, parts, a.log)
+	stop()
+	if err != nil {
+		return t.fail(err)
+	}
+
+	a.log.Info("restored", "pid", pid, "snapshot", name, "parts", describeParts(parts),
+		"left_alone", len(report.LeftAlone), "duration", time.Since(start))
+	a.printReport(pid, name, report)
+	return nil
+}
+
+// describeParts returns the parts of a restore for the log: "all" for a full
+// restore.
+func describeParts(parts []string) string {
+	if len(parts) == 0 {
+		return "all"
+	}
+	return strings.Join(parts, " ")
+}
+
+// loadForRestore loads snapshot t.snapshot of the process running now with
+// pid t.pid. A snapshot taken of an earlier process that had the same pid is
+// an error: the running process is a different one.
+func (a *app) loadForRestore(store *snapshot.Store, t target) (*snapshot.Snapshot, error) {
+	id, err := engine.Identify(t.pid)
+	if err != nil {
+		return nil, t.fail(err)
+	}
+
+	snap, err := store.Load(id, t.snapshot)
+	if errors.Is(err, unix.ENOENT) {
+		if other := a.findOtherIncarnation(store, id, t.snapshot); other != nil {
+			return nil, t.identityFailure(other.Process)
+		}
+	}
+	if err != nil {
+		return nil, t.fail(err)
+	}
+
+	if snap.Info.Process != id {
+		_ = snap.Close()
+		return nil, t.identityFailure(snap.Info.Process)
+	}
+	return snap, nil
+}
+
+// findOtherIncarnation returns the snapshot named name of a process that had
+// id's pid but is not id, or nil when there is none.
+func (a *app) findOtherIncarnation(store *snapshot.Store, id snapshot.ProcessID, name string) *snapshot.Info {
+	infos, err := store.List(id.PID)
+	if err != nil {
+		a.log.Debug("list snapshots to explain a missing one", "pid", id.PID, "err", err)
+		return nil
+	}
+	for i := range infos {
+		if infos[i].Name == name && infos[i].Process != id {
+			return &infos[i]
+		}
+	}
+	return nil
+}
+
+// identityFailure reports that the snapshot belongs to process earlier, not
+// to the process that has the pid now.
+func (t target) identityFailure(earlier snapshot.ProcessID) *failure {
+	return &failure{
+		err: fmt.Errorf("%s failed: the snapshot was taken of an earlier process with pid %d "+
+			"(start time %d), and pid %d is now a different process",
+			t, earlier.PID, earlier.StartTime, t.pid),
+		hint: "a snapshot is restored only onto the process it was taken from; " +
+			"'ckptfs list' shows it as exited",
+	}
+}
+
+// printReport prints what a restore did not roll back.
+func (a *app) printReport(pid int, name string, report *engine.RestoreReport) {
+	fmt.Fprintf(a.stdout, "restored pid %d to snapshot %s\n", pid, name)
+	for _, item := range report.LeftAlone {
+		fmt.Fprintf(a.stdout, "left as it is: %s\n", item)
+	}
+	for _, w := range report.Warnings {
+		fmt.Fprintf(a.stderr, "ckptfs: warning: %s\n", w)
+	}
+}
