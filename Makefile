@@ -10,12 +10,16 @@ BIN     := bin/ckptfs
 # -fuzztime value: a duration such as 10s, or a count such as 1000x).
 FUZZTIME ?= 10s
 
-.PHONY: build test bench run demo fuzz clean
+.PHONY: build deps test bench run demo fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/ckptfs
 
-test:
+# deps installs the Debian packages and the S3 gateway the tests use.
+deps:
+	scripts/install-deps.sh
+
+test: deps
 	@test "$$(id -u)" = 0 || { echo "make test: run as root (the tests ptrace processes and mount FUSE)" >&2; exit 1; }
 	$(GO) test -count=1 -timeout 15m ./...
 

@@ -18,19 +18,7 @@ if ! command -v go >/dev/null; then
 	exit 1
 fi
 
-# Install the Debian packages that are missing: make and gcc to build,
-# python3 for the sample process, fuse3 for fusermount3 and /etc/fuse.conf.
-missing=()
-command -v make >/dev/null || missing+=(make)
-command -v gcc >/dev/null || missing+=(gcc libc6-dev)
-command -v python3 >/dev/null || missing+=(python3)
-command -v fusermount3 >/dev/null || missing+=(fuse3)
-command -v mountpoint >/dev/null || missing+=(util-linux)
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "== apt-get install ${missing[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/install-deps.sh
 
 echo "== build and install /usr/local/bin/ckptfs"
 make -s build

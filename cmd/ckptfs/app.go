@@ -65,12 +65,14 @@ func (a *app) addStoreFlag(cmd *cobra.Command) {
 		def = env
 	}
 	cmd.Flags().StringVar(&a.storeDir, "store", def,
-		"directory of the snapshot store, created with mode 0700 if missing; CKPTFS_STORE sets the default")
+		"snapshot store: a directory, created with mode 0700 if missing, or s3://BUCKET/PREFIX "+
+			"with the endpoint in CKPTFS_S3_ENDPOINT or AWS_ENDPOINT_URL and credentials in AWS_ACCESS_KEY_ID "+
+			"and AWS_SECRET_ACCESS_KEY; CKPTFS_STORE sets the default")
 }
 
 // openStore opens the store named by --store.
 func (a *app) openStore() (*snapshot.Store, error) {
-	store, err := snapshot.Open(a.storeDir, a.log)
+	store, err := snapshot.OpenURL(a.storeDir, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store %s: %w", a.storeDir, err)
 	}
