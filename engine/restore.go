@@ -11,7 +11,7 @@ import (
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
-// RestoreReport tells what a successful restore did not roll back.
+// RestoreReport lists what a successful restore did not roll back.
 type RestoreReport struct {
 	// LeftAlone names state that was left as it is, in words for a user:
 	// shared mappings, regions whose contents were not saved, state this
@@ -36,32 +36,39 @@ func Restore(pid int, img *snapshot.Image, mem snapshot.MemoryReader, parts []st
 
 // Restore waits until every thread is stopped, rolls the process back in
 // place to img, with memory contents read from mem, and thaws it, whether
-// the restore succeeded or not. parts nil restores everything.
+// the restore succeeded or not. parts nil restores everything. Otherwise
+// each word selects one part: memory (private memory except thread
+// stacks), layout (mappings, protections, brk), threads (registers,
+// xstate and stacks), fds, signals (actions, masks, alternate stacks), or
+// the contents of one region named START-END or by its path in maps. The
+// parts not selected stay as they are, so a process whose registers and
+// memory are rolled back separately may not run on consistently. A word
+// that names nothing is a *RejectError with EINVAL.
 //
 // Everything restore cannot bring back is rejected before any change, as
-// a *RejectError naming it: ESRCH when the process is not the captured one,
-// EOPNOTSUPP for an execve since, a changed thread set, a descriptor that
-// cannot be reopened, a different XCR0, a shadow stack, a mapping that
-// cannot be re-created. When a step fails after changes began, the changes
-// are undone so that the process continues as it was, and the error is
-// returned: the process is never left half restored.
+// a *RejectError naming it. The errno is ESRCH when the process is not the
+// captured one. It is EOPNOTSUPP for an execve since, a changed thread set,
+// a descriptor that cannot be reopened, a different XCR0, a shadow stack
+// or a mapping that cannot be re-created. When a step fails after changes
+// began, the changes are undone so that the process continues as it was,
+// and the error is returned. An error of the undo itself is logged and
+// added to the error.
 func (op *Op) Restore(img *snapshot.Image, mem snapshot.MemoryReader, parts []string) (*RestoreReport, error) {
-	if len(parts) > 0 {
+	selected, err := parseParts(parts, img)
+	if err != nil {
 		op.Close()
-		// NOTE: partial restore (memory, layout, threads, fds, signals, one
-		// region) is not implemented; only a full restore is.
-		return nil, reject(unix.EOPNOTSUPP, fmt.Sprintf("partial restore of %v is not supported yet; restore the whole process instead", parts))
+		return nil, fmt.Errorf("restore pid %d: %w", op.pid, err)
 	}
 
 	start := time.Now()
 	var report *RestoreReport
-	err := op.do(func() error {
+	err = op.do(func() error {
 		if !op.frozen {
 			return fmt.Errorf("process is not frozen: %w", unix.EINVAL)
 		}
 		var err error
-		report, err = op.restore(img, mem)
-		cont := err == nil && op.matchJobStop(img)
+		report, err = op.restore(img, mem, selected)
+		cont := err == nil && selected.registers && op.matchJobStop(img)
 		op.thaw()
 		if cont {
 			op.continueStopped()
@@ -71,7 +78,7 @@ func (op *Op) Restore(img *snapshot.Image, mem snapshot.MemoryReader, parts []st
 	if err != nil {
 		return nil, fmt.Errorf("restore pid %d: %w", op.pid, err)
 	}
-	op.log.Info("restored", "op", "restore", "duration", time.Since(start), "frozen", op.frozenFor)
+	op.log.Info("restored", "op", "restore", "parts", parts, "duration", time.Since(start), "frozen", op.frozenFor)
 	return report, nil
 }
 
@@ -82,6 +89,7 @@ type restorer struct {
 	op     *Op
 	img    *snapshot.Image
 	mem    snapshot.MemoryReader
+	parts  restoreParts
 	report *RestoreReport
 
 	// The current state, read before any change.
@@ -106,11 +114,11 @@ func (r *restorer) undo(f func() error) { r.undos = append(r.undos, f) }
 // undoes them if one fails.
 //
 // Precondition: called on the op's locked thread, after freeze.
-func (op *Op) restore(img *snapshot.Image, mem snapshot.MemoryReader) (*RestoreReport, error) {
+func (op *Op) restore(img *snapshot.Image, mem snapshot.MemoryReader, parts restoreParts) (*RestoreReport, error) {
 	if err := op.waitStops(); err != nil {
 		return nil, err
 	}
-	r := &restorer{op: op, img: img, mem: mem, report: &RestoreReport{}}
+	r := &restorer{op: op, img: img, mem: mem, parts: parts, report: &RestoreReport{}}
 	if err := r.check(); err != nil {
 		return nil, err
 	}
@@ -153,6 +161,9 @@ func (r *restorer) check() error {
 	if err := checkThreads(tids, img); err != nil {
 		return err
 	}
+	if !r.parts.registers {
+		return r.plan()
+	}
 	if err := checkRestartable(img); err != nil {
 		return err
 	}
@@ -174,26 +185,54 @@ func (r *restorer) check() error {
 	return r.plan()
 }
 
-// plan diffs the layout and the descriptor table against the snapshot.
+// plan diffs the layout and the descriptor table against the snapshot, as
+// far as the selected parts need.
 func (r *restorer) plan() error {
 	var err error
-	if r.layout, err = planLayout(mergeLayout(r.curRegions), mergeLayout(r.img.Regions)); err != nil {
-		return err
+	if r.curRegions == nil {
+		if r.curRegions, _, err = readMaps(r.op.pid); err != nil {
+			return err
+		}
 	}
-	probe := processProbe(r.op.pid)
-	if err := checkCreates(r.layout, probe.statPath); err != nil {
+	if err := r.planLayout(); err != nil {
 		return err
 	}
 
+	r.report.LeftAlone = append(leftAlone(r.img), r.layout.leftAlone...)
+	if !r.parts.full() {
+		r.report.LeftAlone = append(r.report.LeftAlone, r.parts.leftOut()...)
+	}
+	if !r.parts.fds {
+		return nil
+	}
 	if r.curFDs, err = readFDs(r.op.pid); err != nil {
 		return err
 	}
 	var warnings []string
-	if r.fds, warnings, err = planFDs(r.img.FDs, r.curFDs, probe); err != nil {
+	if r.fds, warnings, err = planFDs(r.img.FDs, r.curFDs, processProbe(r.op.pid)); err != nil {
 		return err
 	}
 	r.report.Warnings = append(r.report.Warnings, warnings...)
-	r.report.LeftAlone = append(leftAlone(r.img), r.layout.leftAlone...)
+	return nil
+}
+
+// planLayout plans the layout changes, or for a restore that leaves the
+// layout alone only finds the ranges whose contents can be compared. The
+// contents restored are narrowed to the selected parts.
+func (r *restorer) planLayout() error {
+	cur, snap := mergeLayout(r.curRegions), mergeLayout(r.img.Regions)
+	if !r.parts.layout {
+		r.layout = &layoutPlan{kept: keptSpans(cur, snap)}
+	} else {
+		var err error
+		if r.layout, err = planLayout(cur, snap); err != nil {
+			return err
+		}
+		if err := checkCreates(r.layout, processProbe(r.op.pid).statPath); err != nil {
+			return err
+		}
+	}
+	r.layout.kept = intersectSpans(r.layout.kept, r.parts.contentSpans(r.img))
 	return nil
 }
 
@@ -201,7 +240,7 @@ func (r *restorer) plan() error {
 func leftAlone(img *snapshot.Image) []string {
 	var out []string
 	for _, reg := range img.Regions {
-		name := fmt.Sprintf("%x-%x %s", reg.Start, reg.End, reg.Path)
+		name := regionName(&reg)
 		switch {
 		case untouchedMappings[reg.Path]:
 		case reg.Shared():
@@ -238,19 +277,21 @@ func (r *restorer) prepare() error {
 		}
 		r.threads = append(r.threads, st)
 	}
-	if r.actions, err = op.readActions(); err != nil {
-		return err
+	if r.parts.signals {
+		if r.actions, err = op.readActions(); err != nil {
+			return err
+		}
 	}
 
-	d, err := newMemDiffer(op, r.mem, &r.memory)
+	src, err := openMemSource(op, r.mem)
 	if err != nil {
 		return err
 	}
-	defer d.close()
-	if err := d.diffRegions(r.img, r.layout.kept, false); err != nil {
+	defer src.close()
+	if err := src.diffRegions(r.img, r.layout.kept, false, &r.memory); err != nil {
 		return err
 	}
-	return d.saveRemoved(r.layout.removed)
+	return src.saveRemoved(r.layout.removed, &r.memory)
 }
 
 // apply runs every step of the restore, in an order where each injected
@@ -262,16 +303,23 @@ func (r *restorer) apply() error {
 	steps := []struct {
 		what string
 		run  func() error
+		on   bool
 	}{
-		{"layout", r.applyLayout},
-		{"dropping pages", func() error { return r.op.dropPages(r.memory.dontneed) }},
-		{"descriptors", r.applyFDs},
-		{"signal actions", r.applyActions},
-		{"signal stacks", r.applyAltStacks},
-		{"memory contents", r.applyContents},
-		{"threads", r.applyThreads},
+		{"layout", r.applyLayout, r.parts.layout},
+		{"dropping pages", func() error { return r.op.dropPages(r.memory.dontneed) }, true},
+		{"descriptors", r.applyFDs, r.parts.fds},
+		{"signal actions", r.applyActions, r.parts.signals},
+		{"signal stacks", r.applyAltStacks, r.parts.signals},
+		{"memory contents", r.applyContents, true},
+		{"threads", r.applyThreads, r.parts.registers || r.parts.signals},
 	}
+
+	// One undo step puts back the layout and every page the steps change.
+	r.undo(r.undoMemory)
 	for _, step := range steps {
+		if !step.on {
+			continue
+		}
 		if err := step.run(); err != nil {
 			return fmt.Errorf("restore %s: %w", step.what, err)
 		}

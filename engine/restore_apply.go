@@ -2,23 +2,26 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
-// applyLayout changes the layout to the snapshot's. Its undo puts back the
-// layout and every page restore changed, from the safety copy.
+// applyLayout changes the layout to the snapshot's.
 //
 // Precondition: called on the op's locked thread; all threads stopped.
 func (r *restorer) applyLayout() error {
-	r.undo(r.undoMemory)
 	return r.op.applyLayout(r.layout, r.img.Brk, r.curBrk)
 }
 
 // undoMemory brings back the layout and the memory contents the process
 // had before the restore began.
+//
+// NOTE: a mapping of a deleted file, a memfd or a SysV segment that the
+// restore unmapped cannot be mapped again, so its undo fails and is
+// reported in the error.
 //
 // Precondition: called on the op's locked thread; all threads stopped.
 func (r *restorer) undoMemory() error {
@@ -27,7 +30,7 @@ func (r *restorer) undoMemory() error {
 	if err != nil {
 		return err
 	}
-	plan, err := planLayout(mergeLayout(op.withoutScratch(now)), mergeLayout(r.curRegions))
+	plan, err := planLayout(mergeLayout(op.withoutScratch(now)), mergeLayout(safetyLayout(r.curRegions)))
 	if err != nil {
 		return fmt.Errorf("plan undo of the layout: %w", err)
 	}
@@ -43,6 +46,18 @@ func (r *restorer) undoMemory() error {
 		return fmt.Errorf("undo memory contents: %w", err)
 	}
 	return op.writeRseqAreas(areas)
+}
+
+// safetyLayout returns the layout read before the restore as the target
+// of an undo: every region counts as saved unless capture would skip it,
+// since the safety copy holds every page the undo must write back.
+func safetyLayout(regions []snapshot.Region) []snapshot.Region {
+	out := slices.Clone(regions)
+	for i := range out {
+		out[i].SkipReason = skipReason(&out[i])
+		out[i].Saved = out[i].SkipReason == ""
+	}
+	return out
 }
 
 // applyActions sets every signal action that differs from the snapshot's.
@@ -98,12 +113,12 @@ func (r *restorer) applyContents() error {
 	}
 
 	var fresh memPlan
-	d, err := newMemDiffer(op, r.mem, &fresh)
+	src, err := openMemSource(op, r.mem)
 	if err != nil {
 		return err
 	}
-	defer d.close()
-	if err := d.diffRegions(r.img, r.layout.fresh, true); err != nil {
+	defer src.close()
+	if err := src.diffRegions(r.img, r.layout.fresh, true, &fresh); err != nil {
 		return err
 	}
 	if err := op.writeChunks(fresh.writes); err != nil {
@@ -112,7 +127,9 @@ func (r *restorer) applyContents() error {
 	return op.writeRseqAreas(areas)
 }
 
-// applyThreads writes each thread's xstate, registers and signal mask.
+// applyThreads writes each thread's xstate and registers (the registers
+// part) and signal mask (the signals part). A part not selected is written
+// back as it is.
 //
 // Precondition: called on the op's locked thread; all threads stopped.
 func (r *restorer) applyThreads() error {
@@ -120,8 +137,14 @@ func (r *restorer) applyThreads() error {
 		t := r.imageThread(st.th.tid)
 		r.undo(func() error { return writeThreadState(st.th, st.xstate, &st.regs, st.mask) })
 
-		regs := resumeRegs(t)
-		if err := writeThreadState(st.th, t.Xstate, &regs, t.SigMask); err != nil {
+		xstate, regs, mask := st.xstate, st.regs, st.mask
+		if r.parts.registers {
+			xstate, regs = t.Xstate, resumeRegs(t)
+		}
+		if r.parts.signals {
+			mask = t.SigMask
+		}
+		if err := writeThreadState(st.th, xstate, &regs, mask); err != nil {
 			return err
 		}
 	}

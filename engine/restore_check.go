@@ -103,8 +103,8 @@ func checkShadowStack(pid int, regions []snapshot.Region) error {
 }
 
 // checkCreates rejects re-creating a file mapping whose path no longer
-// names the inode the snapshot mapped. pathStat stats a path as the
-// process sees it.
+// names the inode the snapshot mapped. pathStat stats a path resolved in
+// the process's root directory.
 func checkCreates(plan *layoutPlan, pathStat func(string) (fileIdentity, error)) error {
 	for _, op := range plan.creates {
 		e := op.entry
@@ -131,7 +131,7 @@ func statIdentity(path string) (fileIdentity, error) {
 	return fileIdentity{dev: st.Dev, ino: st.Ino, size: st.Size, mode: st.Mode}, nil
 }
 
-// processProbe stats files as process pid sees them: paths under its root
+// processProbe stats files of process pid: paths under its root
 // directory, descriptors through /proc/PID/fd.
 func processProbe(pid int) fdProbe {
 	return fdProbe{

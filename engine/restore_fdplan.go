@@ -12,7 +12,7 @@ import (
 // fdStatusFlags are the open file status flags F_SETFL can change.
 const fdStatusFlags = unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK
 
-// fdStep is what restore does to one descriptor number.
+// fdStep is the change restore makes to one descriptor number.
 type fdStep struct {
 	num   int
 	saved *snapshot.FD // nil for a descriptor opened since the snapshot
@@ -25,14 +25,14 @@ type fdStep struct {
 	close    bool // close num: it was opened since the snapshot
 }
 
-// fdProbe stats files for planFDs: statPath a path as the process sees
-// it, statFD a descriptor the process has open now.
+// fdProbe stats files for planFDs: statPath a path resolved in the
+// process's root directory, statFD a descriptor the process has open now.
 type fdProbe struct {
 	statPath func(path string) (fileIdentity, error)
 	statFD   func(num int) (fileIdentity, error)
 }
 
-// fileIdentity is what restore learns about a path before reopening it.
+// fileIdentity is the inode, size and mode of a file from stat.
 type fileIdentity struct {
 	dev, ino uint64
 	size     int64
@@ -40,7 +40,7 @@ type fileIdentity struct {
 }
 
 // planFDs diffs the current descriptor table against the saved one. A
-// descriptor that still refers to the same object keeps it; a file, a
+// descriptor that still refers to the same object keeps it. A file, a
 // directory or a terminal closed or replaced since is reopened by path,
 // which probe.statPath must show to be the same inode. Anything else
 // closed or replaced since is a *RejectError with EOPNOTSUPP naming the

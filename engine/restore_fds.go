@@ -70,7 +70,7 @@ func (r *restorer) applyFD(st fdStep, spareMin int) error {
 
 // reopenFD opens the saved target again and puts it at the saved number.
 // A descriptor that holds the number now is first duplicated to a spare
-// number at or above spareMin, so that undo can put it back; the commit
+// number at or above spareMin, so that undo can put it back. The commit
 // closes the spare.
 //
 // Precondition: called on the op's locked thread; all threads stopped.

@@ -31,7 +31,7 @@ type layoutEntry struct {
 	inode      uint64
 	path       string
 	vmflags    []string // of the first maps line
-	skipReason string   // why the contents were not saved, "" when saved
+	skipReason string   // reason the contents were not saved, "" when saved
 }
 
 func (e *layoutEntry) String() string {
@@ -160,8 +160,8 @@ type layoutPlan struct {
 }
 
 // planLayout diffs the current layout against the snapshot's, both merged
-// with mergeLayout. Kernel mappings are never touched; a grown stack is
-// not shrunk; the heap is left to brk; shared mappings created since the
+// with mergeLayout. Kernel mappings are never touched and a grown stack is
+// not shrunk. The heap is left to brk. Shared mappings created since the
 // snapshot are left mapped and listed in leftAlone. A change that cannot
 // be made is a *RejectError with EOPNOTSUPP naming the mapping.
 func planLayout(cur, snap []*layoutEntry) (*layoutPlan, error) {
@@ -215,6 +215,18 @@ func entryAt(layout []*layoutEntry, addr uint64) *layoutEntry {
 		return layout[i]
 	}
 	return nil
+}
+
+// keptSpans returns the ranges that the current layout and the snapshot's
+// map with the same backing, for a restore that leaves the layout alone.
+func keptSpans(cur, snap []*layoutEntry) []span {
+	var kept []span
+	for _, p := range layoutPieces(cur, snap) {
+		if p.cur != nil && p.snap != nil && !p.cur.untouched() && sameBacking(p.cur, p.snap) {
+			kept = appendSpan(kept, p.span)
+		}
+	}
+	return kept
 }
 
 // add plans the change of one piece.

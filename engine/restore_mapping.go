@@ -136,9 +136,11 @@ func (op *Op) closeInTarget(fd int) {
 // current layout nor the snapshot's uses, below the lowest mapping of
 // both, so that it cannot take the place of a mapping restore re-creates.
 //
-// Precondition: called on the op's locked thread; all threads stopped;
-// no scratch page mapped yet.
+// Precondition: called on the op's locked thread; all threads stopped.
 func (op *Op) placeScratch(cur, snap []snapshot.Region) error {
+	if op.scratchAddr != 0 {
+		return nil
+	}
 	const minAddr = 1 << 20 // well above vm.mmap_min_addr
 	lowest := uint64(1) << 47
 	for _, r := range append(cur[:len(cur):len(cur)], snap...) {

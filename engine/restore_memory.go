@@ -5,7 +5,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -42,12 +46,45 @@ func addChunk(chunks []memChunk, addr uint64, data []byte) []memChunk {
 	return append(chunks, memChunk{addr: addr, data: slices.Clone(data)})
 }
 
-// memDiffer compares the target's memory with a snapshot's, page by page.
-type memDiffer struct {
+// memSource is the pair of memories restore compares: the target's,
+// through its pagemap and memory files, and the snapshot's. Its methods may
+// be called from several goroutines at once.
+type memSource struct {
 	op      *Op
-	mem     snapshot.MemoryReader
 	pagemap *os.File
-	plan    *memPlan
+
+	// mu serializes reads of mem, which need not be safe for concurrent use.
+	mu  sync.Mutex
+	mem snapshot.MemoryReader
+}
+
+// openMemSource opens the target's pagemap and memory for comparing.
+//
+// Precondition: called on the op's locked thread.
+func openMemSource(op *Op, mem snapshot.MemoryReader) (*memSource, error) {
+	if _, err := op.openMem(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", op.pid))
+	if err != nil {
+		return nil, fmt.Errorf("open pagemap of pid %d: %w", op.pid, err)
+	}
+	return &memSource{op: op, pagemap: f, mem: mem}, nil
+}
+
+func (s *memSource) close() { s.pagemap.Close() }
+
+func (s *memSource) readSnapshot(i int, p []byte, off uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mem.ReadRegion(i, p, off)
+}
+
+// memDiffer compares one chunk at a time, page by page, and adds what it
+// finds to its plan. Each goroutine has its own.
+type memDiffer struct {
+	src  *memSource
+	plan memPlan
 
 	cur, saved []byte   // one chunk of current and snapshot bytes
 	flagBytes  []byte   // pagemap entries of the chunk as read
@@ -55,20 +92,13 @@ type memDiffer struct {
 	inRun      []bool   // whether each page of the chunk is in a saved run
 }
 
-func newMemDiffer(op *Op, mem snapshot.MemoryReader, plan *memPlan) (*memDiffer, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", op.pid))
-	if err != nil {
-		return nil, fmt.Errorf("open pagemap of pid %d: %w", op.pid, err)
-	}
+func (s *memSource) newDiffer() *memDiffer {
 	return &memDiffer{
-		op: op, mem: mem, pagemap: f, plan: plan,
-		cur: make([]byte, diffChunk), saved: make([]byte, diffChunk),
+		src: s, cur: make([]byte, diffChunk), saved: make([]byte, diffChunk),
 		flagBytes: make([]byte, diffChunk/pageSize*8),
 		flags:     make([]uint64, diffChunk/pageSize), inRun: make([]bool, diffChunk/pageSize),
-	}, nil
+	}
 }
-
-func (d *memDiffer) close() { d.pagemap.Close() }
 
 // contentRegion reports whether restore rolls back the contents of a
 // snapshot region: private, saved, and not a kernel mapping.
@@ -76,10 +106,56 @@ func contentRegion(r *snapshot.Region) bool {
 	return r.Saved && !r.Shared() && !untouchedMappings[r.Path]
 }
 
+// diffJob is one chunk of snapshot region i (r) to compare.
+type diffJob struct {
+	i         int
+	r         *snapshot.Region
+	addr, end uint64
+}
+
 // diffRegions compares every restorable snapshot region over the parts
-// that spans cover. fresh says the spans were just mapped by restore, so
-// there is nothing to drop and nothing to keep for undo.
-func (d *memDiffer) diffRegions(img *snapshot.Image, spans []span, fresh bool) error {
+// that spans cover, in chunks spread over one goroutine per CPU, and adds
+// the changes to plan in address order. With fresh set, the spans were
+// just mapped by restore, so there is nothing to drop and nothing to keep
+// for undo.
+//
+// Precondition: all threads stopped.
+func (s *memSource) diffRegions(img *snapshot.Image, spans []span, fresh bool, plan *memPlan) error {
+	jobs := diffJobs(img, spans)
+	results := make([]memPlan, len(jobs))
+	errs := make([]error, len(jobs))
+
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(jobs)) {
+		wg.Go(func() {
+			d := s.newDiffer()
+			for k := int(next.Add(1) - 1); k < len(jobs); k = int(next.Add(1) - 1) {
+				d.plan = memPlan{}
+				errs[k] = d.compareChunk(jobs[k], fresh)
+				results[k] = d.plan
+			}
+		})
+	}
+	wg.Wait()
+
+	for k, job := range jobs {
+		if errs[k] != nil {
+			return fmt.Errorf("compare memory at %#x of %s: %w", job.addr, regionName(job.r), errs[k])
+		}
+		plan.merge(&results[k])
+	}
+	return nil
+}
+
+// regionName names a region as maps shows it: its bounds and its path.
+func regionName(r *snapshot.Region) string {
+	return strings.TrimSpace(fmt.Sprintf("%x-%x %s", r.Start, r.End, r.Path))
+}
+
+// diffJobs cuts the restorable regions of img inside spans into chunks.
+func diffJobs(img *snapshot.Image, spans []span) []diffJob {
+	var jobs []diffJob
 	for i := range img.Regions {
 		r := &img.Regions[i]
 		if !contentRegion(r) {
@@ -87,36 +163,44 @@ func (d *memDiffer) diffRegions(img *snapshot.Image, spans []span, fresh bool) e
 		}
 		for _, sp := range spans {
 			start, end := max(sp.start, r.Start), min(sp.end, r.End)
-			if start >= end {
-				continue
-			}
-			if err := d.diffRange(i, r, start, end, fresh); err != nil {
-				return fmt.Errorf("compare memory %x-%x %s: %w", start, end, r.Path, err)
+			for addr := start; addr < end; addr += diffChunk {
+				jobs = append(jobs, diffJob{i: i, r: r, addr: addr, end: min(end, addr+diffChunk)})
 			}
 		}
 	}
-	return nil
+	return jobs
 }
 
-// diffRange compares [start, end) of region r (index i of the image) in
-// chunks.
-func (d *memDiffer) diffRange(i int, r *snapshot.Region, start, end uint64, fresh bool) error {
-	for addr := start; addr < end; addr += diffChunk {
-		n := min(end-addr, diffChunk)
-		pages := int(n / pageSize)
-
-		if err := d.mem.ReadRegion(i, d.saved[:n], addr-r.Start); err != nil {
-			return fmt.Errorf("read snapshot memory at %#x: %w", addr, err)
-		}
-		markRuns(d.inRun[:pages], r.Runs, addr-r.Start)
-		if err := d.readFlags(addr, d.flags[:pages]); err != nil {
-			return err
-		}
-		if err := d.readCurrent(addr, pages, r.Inode != 0); err != nil {
-			return err
-		}
-		d.comparePages(addr, pages, r.Inode == 0, fresh)
+// merge appends the changes of other, which lie above those of p.
+func (p *memPlan) merge(other *memPlan) {
+	for _, c := range other.writes {
+		p.writes = addChunk(p.writes, c.addr, c.data)
 	}
+	for _, sp := range other.dontneed {
+		p.dontneed = appendSpan(p.dontneed, sp)
+	}
+	for _, c := range other.safety {
+		p.safety = addChunk(p.safety, c.addr, c.data)
+	}
+}
+
+// compareChunk compares one chunk.
+func (d *memDiffer) compareChunk(job diffJob, fresh bool) error {
+	n := job.end - job.addr
+	pages := int(n / pageSize)
+	off := job.addr - job.r.Start
+
+	if err := d.src.readSnapshot(job.i, d.saved[:n], off); err != nil {
+		return fmt.Errorf("read snapshot memory: %w", err)
+	}
+	markRuns(d.inRun[:pages], job.r.Runs, off)
+	if err := d.readFlags(job.addr, d.flags[:pages]); err != nil {
+		return err
+	}
+	if err := d.readCurrent(job.addr, pages, job.r.Inode != 0); err != nil {
+		return err
+	}
+	d.comparePages(job.addr, pages, job.r.Inode == 0, fresh)
 	return nil
 }
 
@@ -143,8 +227,8 @@ func markRuns(inRun []bool, runs []snapshot.Run, off uint64) {
 // readFlags reads the pagemap entries of the pages at addr.
 func (d *memDiffer) readFlags(addr uint64, flags []uint64) error {
 	buf := d.flagBytes[:len(flags)*8]
-	if _, err := d.pagemap.ReadAt(buf, int64(addr/pageSize*8)); err != nil {
-		return fmt.Errorf("read pagemap of pid %d at %#x: %w", d.op.pid, addr, err)
+	if _, err := d.src.pagemap.ReadAt(buf, int64(addr/pageSize*8)); err != nil {
+		return fmt.Errorf("read pagemap of pid %d at %#x: %w", d.src.op.pid, addr, err)
 	}
 	for i := range flags {
 		flags[i] = binary.LittleEndian.Uint64(buf[i*8:])
@@ -166,7 +250,7 @@ func (d *memDiffer) readCurrent(addr uint64, pages int, file bool) error {
 		buf := d.cur[p*pageSize : q*pageSize]
 		if !holds {
 			clear(buf)
-		} else if err := d.op.readMemFast(addr+uint64(p)*pageSize, buf); err != nil {
+		} else if err := d.src.op.readMemFast(addr+uint64(p)*pageSize, buf); err != nil {
 			return err
 		}
 		p = q
@@ -184,7 +268,7 @@ func (d *memDiffer) holdsData(p int, file bool) bool {
 // clear) is dropped, so the page reads as zeros again or, in a file
 // mapping, as the file.
 func (d *memDiffer) comparePages(addr uint64, pages int, anon, fresh bool) {
-	plan := d.plan
+	plan := &d.plan
 	for p := range pages {
 		page := addr + uint64(p)*pageSize
 		cur := d.cur[p*pageSize : (p+1)*pageSize]
@@ -219,10 +303,13 @@ func allZero(p []byte) bool {
 	return true
 }
 
-// saveRemoved keeps, for undo, the private anonymous pages of the current
-// layout inside spans, which restore is about to unmap. File pages need no
-// copy: mapping the file again brings them back.
-func (d *memDiffer) saveRemoved(spans []span) error {
+// saveRemoved adds to plan.safety the private anonymous pages of the
+// current layout inside spans, which restore is about to unmap. File
+// pages need no copy: mapping the file again brings them back.
+//
+// Precondition: all threads stopped.
+func (s *memSource) saveRemoved(spans []span, plan *memPlan) error {
+	d := s.newDiffer()
 	for _, sp := range spans {
 		for addr := sp.start; addr < sp.end; addr += diffChunk {
 			pages := int(min(sp.end-addr, diffChunk) / pageSize)
@@ -236,7 +323,7 @@ func (d *memDiffer) saveRemoved(spans []span) error {
 			for p := range pages {
 				if d.flags[p]&(pmPresent|pmSwapped) != 0 && d.flags[p]&pmFileShare == 0 {
 					page := addr + uint64(p)*pageSize
-					d.plan.safety = addChunk(d.plan.safety, page, d.cur[p*pageSize:(p+1)*pageSize])
+					plan.safety = addChunk(plan.safety, page, d.cur[p*pageSize:(p+1)*pageSize])
 				}
 			}
 		}
@@ -247,8 +334,9 @@ func (d *memDiffer) saveRemoved(spans []span) error {
 // readMemFast fills p from the target's memory at addr with one
 // process_vm_readv, which is faster than /proc/PID/mem, and falls back to
 // readMem where that fails (pages without read permission, for example).
+// Unlike readMem it may run on any goroutine once /proc/PID/mem is open.
 //
-// Precondition: called on the op's locked thread; all threads stopped.
+// Precondition: all threads stopped; op.openMem succeeded.
 func (op *Op) readMemFast(addr uint64, p []byte) error {
 	local := []unix.Iovec{{Base: &p[0]}}
 	local[0].SetLen(len(p))

@@ -37,10 +37,9 @@ func resumeRegs(t *snapshot.Thread) unix.PtraceRegs {
 	return regs
 }
 
-// checkRestartable rejects a thread captured inside restart_syscall: the
+// checkRestartable rejects a thread captured inside restart_syscall. The
 // call it continues is known only to the kernel's per-thread restart
-// block, which at restore time belongs to whatever the thread is doing
-// then, so the thread cannot be made to continue its call.
+// block, which at restore time belongs to whatever the thread does then.
 func checkRestartable(img *snapshot.Image) error {
 	for _, t := range img.Threads {
 		raw := &t.RawRegs

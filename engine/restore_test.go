@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/internal/testproc"
+	"github.com/ckptfs/ckptfs/snapshot"
 )
 
 // rollBackLines bounds how many lines rollBack reads looking for the drop.
@@ -170,7 +171,7 @@ func startFiles(t *testing.T) (*commanded, string, []byte, map[string]string) {
 }
 
 // checkFileRead sends check and expects the file to be read from offset
-// 100 again, with descriptor other open or closed as wantOther says.
+// 100 again, with descriptor other open or closed as wantOther names.
 func checkFileRead(t *testing.T, p *commanded, data []byte, other, wantOther string) {
 	t.Helper()
 	check := fields(p.send(t, "check "+other, "check "))
@@ -252,17 +253,39 @@ func TestRestoreRejectsClosedPipe(t *testing.T) {
 	}
 }
 
-func TestRestoreRejectsOtherProcess(t *testing.T) {
-	p := testproc.Start(t, testproc.Build(t, "rst_counter"))
-	p.Expect("count ")
-	img := captureImage(t, p.PID)
-	img.Process.StartTime++
-
-	_, err := Restore(p.PID, img, imageMemory{img}, nil, testLogger(t))
-	if !errors.Is(err, unix.ESRCH) {
-		t.Fatalf("restore onto another start time: %v, want ESRCH", err)
+func TestRestoreRejectsChanged(t *testing.T) {
+	cases := []struct {
+		name   string
+		change func(img *snapshot.Image)
+		errno  unix.Errno
+		names  string
+	}{
+		{"other start time", func(img *snapshot.Image) { img.Process.StartTime++ }, unix.ESRCH, "not the process of the snapshot"},
+		{"exec since", func(img *snapshot.Image) { img.ExeIno++ }, unix.EOPNOTSUPP, "ran another program"},
+		{"xcr0", func(img *snapshot.Image) { img.XCR0 ^= 1 << 2 }, unix.EOPNOTSUPP, "XCR0"},
+		{"thread gone", func(img *snapshot.Image) {
+			img.Threads = append(img.Threads, snapshot.Thread{TID: 1 << 30})
+		}, unix.EOPNOTSUPP, fmt.Sprintf("threads ended since: [%d]", 1<<30)},
 	}
-	checkRunning(t, p)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := testproc.Start(t, testproc.Build(t, "rst_counter"))
+			next := func() uint64 { return numbers(t, p.Expect("count "))[0] }
+			next()
+			img := captureImage(t, p.PID)
+			c.change(img)
+
+			_, err := Restore(p.PID, img, imageMemory{img}, nil, testLogger(t))
+			var rej *RejectError
+			if !errors.As(err, &rej) || !errors.Is(err, c.errno) || !strings.Contains(err.Error(), c.names) {
+				t.Fatalf("restore: %v, want a %v RejectError containing %q", err, c.errno, c.names)
+			}
+			checkRunning(t, p)
+			if first, later := next(), next(); later <= first {
+				t.Errorf("count %d then %d after a rejected restore: not counting on", first, later)
+			}
+		})
+	}
 }
 
 // syscallOf returns the system call number tid is blocked in, or -1.
@@ -431,4 +454,138 @@ func TestRestoreKeepsSnapshot(t *testing.T) {
 	if !bytes.Equal(before.Bytes(), after.Bytes()) {
 		t.Errorf("restore changed the saved memory of the image")
 	}
+}
+
+// failingMemory reads like imageMemory but fails for reads at one offset
+// of one region.
+type failingMemory struct {
+	imageMemory
+	region int
+	off    uint64
+}
+
+var errInjected = errors.New("injected read failure")
+
+func (m failingMemory) ReadRegion(i int, p []byte, off uint64) error {
+	if i == m.region && off == m.off {
+		return errInjected
+	}
+	return m.imageMemory.ReadRegion(i, p, off)
+}
+
+// TestRestoreUndoesFailure makes the restore fail after the layout,
+// descriptors, signal actions and part of the memory changed, and checks
+// that the process is back as it was before the restore.
+func TestRestoreUndoesFailure(t *testing.T) {
+	p, ready := startMemory(t)
+	img := captureImage(t, p.PID)
+	changed := fields(p.send(t, "change", "changed "))
+
+	a, b := parseAddr(t, ready["a"]), parseAddr(t, ready["b"])
+	// B is read only when its re-created pages are filled, after every
+	// injected change.
+	region, off := -1, uint64(0)
+	for i, r := range img.Regions {
+		if r.Start <= b && b < r.End {
+			region, off = i, b-r.Start
+		}
+	}
+	mapsBefore, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = Restore(p.PID, img, failingMemory{imageMemory{img}, region, off}, nil, testLogger(t))
+	if !errors.Is(err, errInjected) {
+		t.Fatalf("restore with a failing reader: %v, want the reader's error", err)
+	}
+	checkRunning(t, p.Proc)
+
+	if !strings.Contains(err.Error(), "undo") && !strings.Contains(err.Error(), "restore memory contents") {
+		t.Errorf("restore failed at %v, want it to fail while writing memory contents", err)
+	}
+	mapsAfter, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mapsBefore, mapsAfter) {
+		t.Errorf("maps after the failed restore:\n%s\nwant as before:\n%s", mapsAfter, mapsBefore)
+	}
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", p.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	buf := make([]byte, 8*4096)
+	if _, err := mem.ReadAt(buf, int64(a)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, bytes.Repeat([]byte{'Z'}, len(buf))) {
+		t.Errorf("region rewritten after capture does not hold its new bytes after the failed restore")
+	}
+	if got := p.send(t, "ping", "pong"); got != "" {
+		t.Errorf("ping after the failed restore: %q", got)
+	}
+
+	// The snapshot still restores fully afterwards.
+	restoreImage(t, p.Proc, img)
+	checkMemoryRestored(t, p, ready, changed)
+}
+
+// waitProcState waits until p's state letter is want.
+func waitProcState(t *testing.T, p *testproc.Proc, want string) {
+	t.Helper()
+	for range 5000 {
+		if p.State() == want {
+			return
+		}
+		unix.Nanosleep(&unix.Timespec{Nsec: 1e6}, nil)
+	}
+	t.Fatalf("pid %d in state %q, want %q", p.PID, p.State(), want)
+}
+
+func TestRestoreJobStop(t *testing.T) {
+	t.Run("running at capture", func(t *testing.T) {
+		p := testproc.Start(t, testproc.Build(t, "rst_counter"))
+		p.Expect("count ")
+		img := captureImage(t, p.PID)
+		if err := unix.Kill(p.PID, unix.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		waitProcState(t, p, "T")
+
+		restoreImage(t, p, img)
+		p.Drain()
+		if first, later := p.Expect("count "), p.Expect("count "); first == later {
+			t.Errorf("count %s then %s: not counting after restore", first, later)
+		}
+	})
+
+	t.Run("stopped at capture", func(t *testing.T) {
+		p := testproc.Start(t, testproc.Build(t, "rst_counter"))
+		p.Expect("count ")
+		if err := unix.Kill(p.PID, unix.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		waitProcState(t, p, "T")
+		img := captureImage(t, p.PID)
+		if !img.JobStopped {
+			t.Fatalf("image of a stopped process not marked job-stopped")
+		}
+		if err := unix.Kill(p.PID, unix.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		p.Expect("count ")
+
+		if _, err := Restore(p.PID, img, imageMemory{img}, nil, testLogger(t)); err != nil {
+			t.Fatalf("restore: %v", err)
+		}
+		waitProcState(t, p, "T")
+		if err := unix.Kill(p.PID, unix.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		p.Drain()
+		p.Expect("count ")
+		checkRunning(t, p)
+	})
 }

@@ -21,8 +21,8 @@ const (
 // on its alternate stack but rejects when set.
 const ssOnStack = 1
 
-// threadState is what restore overwrites in one thread, read before any
-// change so that a failed restore can put it back.
+// threadState is the state restore overwrites in one thread, read before
+// any change so that a failed restore can put it back.
 type threadState struct {
 	th       *thread
 	regs     unix.PtraceRegs
@@ -113,7 +113,7 @@ func (op *Op) setAltStack(th *thread, a snapshot.AltStack) error {
 }
 
 // sameAltStack reports whether two sigaltstack settings are equal, apart
-// from SS_ONSTACK, which only says where the thread ran.
+// from SS_ONSTACK, which only reports that the thread ran on that stack.
 func sameAltStack(a, b snapshot.AltStack) bool {
 	a.Flags &^= ssOnStack
 	b.Flags &^= ssOnStack
@@ -191,7 +191,7 @@ func settableSignal(sig int) bool {
 // at least this long.
 const rseqMinSize = 32
 
-// rseqCSOffset is where struct rseq holds rseq_cs, the pointer to the
+// rseqCSOffset is the offset in struct rseq of rseq_cs, the pointer to the
 // critical section the thread is in.
 const rseqCSOffset = 8
 
