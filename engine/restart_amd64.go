@@ -21,7 +21,7 @@ const user64CS = 0x33
 // call is issued again instead. Its arguments are still in the registers,
 // and a timeout starts again from its full length. When orig_rax already is
 // restart_syscall the original call is unknown: raw comes back unchanged
-// (rax -516, orig_rax SYS_restart_syscall) for restore to reject.
+// (rax -516, orig_rax SYS_restart_syscall) for restore to decide on (it resumes it only while the thread is still in that call).
 //
 // orig_rax is kept as the kernel reported it, so the snapshot's regs file
 // shows the interrupted call; restore writes orig_rax = -1 so that the

@@ -36,11 +36,14 @@ func Restore(pid int, img *snapshot.Image, mem snapshot.MemoryReader, parts []st
 
 // Restore waits until every thread is stopped, rolls the process back in
 // place to img, with memory contents read from mem, and thaws it, whether
-// the restore succeeded or not. parts nil restores everything. Otherwise
-// each word selects one part: memory (private memory except thread
-// stacks), layout (mappings, protections, brk), threads (registers,
-// xstate and stacks), fds, signals (actions, masks, alternate stacks), or
-// the contents of one region named START-END or by its path in maps. The
+// the restore succeeded or not. mem must be safe for concurrent use,
+// because regions are compared on one goroutine per CPU.
+//
+// parts nil restores everything. Otherwise each word selects one part:
+// memory (private memory except thread stacks), layout (mappings,
+// protections, brk), threads (registers, xstate and stacks), fds, signals
+// (actions, masks, alternate stacks), or the contents of one region named
+// START-END or by its path in maps. The
 // parts not selected stay as they are, so a process whose registers and
 // memory are rolled back separately may not run on consistently. A word
 // that names nothing is a *RejectError with EINVAL.
@@ -48,11 +51,12 @@ func Restore(pid int, img *snapshot.Image, mem snapshot.MemoryReader, parts []st
 // Everything restore cannot bring back is rejected before any change, as
 // a *RejectError naming it. The errno is ESRCH when the process is not the
 // captured one. It is EOPNOTSUPP for an execve since, a changed thread set,
-// a descriptor that cannot be reopened, a different XCR0, a shadow stack
-// or a mapping that cannot be re-created. When a step fails after changes
-// began, the changes are undone so that the process continues as it was,
-// and the error is returned. An error of the undo itself is logged and
-// added to the error.
+// a descriptor that cannot be reopened, a different XCR0, a shadow stack,
+// a mapping that cannot be re-created, or a thread captured inside
+// restart_syscall that is no longer in the call it continued then (see
+// resumeRegs). When a step fails after changes began, the changes are
+// undone so that the process continues as it was, and the error is
+// returned. An error of the undo itself is logged and added to the error.
 func (op *Op) Restore(img *snapshot.Image, mem snapshot.MemoryReader, parts []string) (*RestoreReport, error) {
 	selected, err := parseParts(parts, img)
 	if err != nil {
@@ -98,6 +102,9 @@ type restorer struct {
 	curBrk     uint64
 	threads    []threadState // in the order of op.threads
 	actions    [64]snapshot.SigAction
+
+	// resume holds the registers each thread resumes with, by tid.
+	resume map[int]unix.PtraceRegs
 
 	layout *layoutPlan
 	fds    []fdStep
@@ -164,7 +171,7 @@ func (r *restorer) check() error {
 	if !r.parts.registers {
 		return r.plan()
 	}
-	if err := checkRestartable(img); err != nil {
+	if err := r.planResume(); err != nil {
 		return err
 	}
 

@@ -139,7 +139,7 @@ func (r *restorer) applyThreads() error {
 
 		xstate, regs, mask := st.xstate, st.regs, st.mask
 		if r.parts.registers {
-			xstate, regs = t.Xstate, resumeRegs(t)
+			xstate, regs = t.Xstate, r.resume[st.th.tid]
 		}
 		if r.parts.signals {
 			mask = t.SigMask

@@ -23,6 +23,10 @@ type fdStep struct {
 	setFlags bool // F_SETFL with the saved status flags
 	setFD    bool // F_SETFD with the saved close-on-exec flag
 	close    bool // close num: it was opened since the snapshot
+
+	// warning is reported when the seek succeeds: the saved offset lies
+	// past the end of the file.
+	warning string
 }
 
 // fdProbe stats files for planFDs: statPath a path resolved in the
@@ -44,7 +48,9 @@ type fileIdentity struct {
 // directory or a terminal closed or replaced since is reopened by path,
 // which probe.statPath must show to be the same inode. Anything else
 // closed or replaced since is a *RejectError with EOPNOTSUPP naming the
-// descriptor. Warnings name saved offsets past the end of their file.
+// descriptor. Warnings name saved offsets past the end of their file,
+// except for a step that seeks, which holds its warning until the seek
+// succeeds.
 func planFDs(saved, cur []snapshot.FD, probe fdProbe) ([]fdStep, []string, error) {
 	var steps []fdStep
 	var warnings []string
@@ -66,7 +72,11 @@ func planFDs(saved, cur []snapshot.FD, probe fdProbe) ([]fdStep, []string, error
 			}
 			step.reopen, step.seek = true, seekable(s)
 		}
-		if w := offsetWarning(s, id, err); w != "" {
+		w := offsetWarning(s, id, err)
+		switch {
+		case step.seek:
+			step.warning = w
+		case w != "":
 			warnings = append(warnings, w)
 		}
 		if step.reopen || step.seek || step.setFlags || step.setFD {
@@ -120,7 +130,9 @@ func reopenable(fd *snapshot.FD) bool {
 }
 
 // seekable reports whether restore sets the descriptor's offset: regular
-// files, directories and block devices have one that matters.
+// files, directories and block devices have one that matters. A
+// description opened non-seekable has none even so, which restore learns
+// only when lseek fails with ESPIPE.
 func seekable(fd *snapshot.FD) bool {
 	switch fd.Mode & unix.S_IFMT {
 	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFBLK:

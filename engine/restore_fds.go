@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -57,15 +58,30 @@ func (r *restorer) applyFD(st fdStep, spareMin int) error {
 	}
 
 	if st.seek {
-		if err := op.lseek(num, st.saved.Pos); err != nil {
+		err := op.lseek(num, st.saved.Pos)
+		switch {
+		case errors.Is(err, unix.ESPIPE):
+			// The description was opened non-seekable (a FUSE file
+			// opened with FOPEN_NONSEEKABLE, for example): it has no
+			// offset that lseek can set, so there is nothing to restore.
+		case err != nil:
 			return err
-		}
-		if !st.reopen {
-			old := st.cur.Pos
-			r.undo(func() error { return op.lseek(num, old) })
+		default:
+			r.addWarning(st.warning)
+			if !st.reopen {
+				old := st.cur.Pos
+				r.undo(func() error { return op.lseek(num, old) })
+			}
 		}
 	}
 	return nil
+}
+
+// addWarning adds w, unless empty, to the report's warnings.
+func (r *restorer) addWarning(w string) {
+	if w != "" {
+		r.report.Warnings = append(r.report.Warnings, w)
+	}
 }
 
 // reopenFD opens the saved target again and puts it at the saved number.

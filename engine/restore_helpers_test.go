@@ -50,7 +50,13 @@ type commanded struct {
 // startCommanded starts target name with its stdin on a pipe.
 func startCommanded(t testing.TB, name string, args ...string) *commanded {
 	t.Helper()
-	cmd := exec.Command(testproc.Build(t, name), args...)
+	return startCommandedBin(t, testproc.Build(t, name), args...)
+}
+
+// startCommandedBin starts program bin with its stdin on a pipe.
+func startCommandedBin(t testing.TB, bin string, args ...string) *commanded {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatalf("stdin pipe: %v", err)

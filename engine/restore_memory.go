@@ -11,13 +11,19 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
-// diffChunk is how much of a region restore compares at once.
-const diffChunk = 1 << 20
+// Restore compares memory in jobs of diffJobSize bytes of a region, spread
+// over the CPUs, each compared in pieces of diffPiece bytes. A piece is
+// small enough that its current and saved bytes are still in the CPU
+// cache when compared. A job spans a few snapshot frames, so that one
+// goroutine reads them all from the snapshot reader's cache of
+// decompressed frames instead of two goroutines decompressing each.
+const (
+	diffJobSize = 1 << 20
+	diffPiece   = 256 << 10
+)
 
 // memChunk is bytes of the target's memory at addr: snapshot bytes to
 // write, or current bytes kept to undo a change.
@@ -27,35 +33,53 @@ type memChunk struct {
 }
 
 // memPlan lists the memory changes of a restore and what undoes them.
+// Each chunk lies inside one piece of a region (see diffPiece), so that
+// no chunk grows by copying and each stays at most diffPiece long.
+//
+// NOTE: the plan keeps the snapshot bytes of every changed page and the
+// current bytes as the safety copy, so a restore needs up to twice the
+// changed memory in RAM while it runs.
 type memPlan struct {
 	writes   []memChunk // snapshot bytes that differ from the current ones
 	dontneed []span     // private anonymous pages the snapshot did not have
 	safety   []memChunk // current bytes of every page restore writes, drops or unmaps
 }
 
-// addChunk appends a copy of data at addr, extending the last chunk when
-// data continues it.
-func addChunk(chunks []memChunk, addr uint64, data []byte) []memChunk {
-	if n := len(chunks); n > 0 {
-		last := &chunks[n-1]
+// pageCollector gathers pages into chunks of adjacent pages that share
+// one buffer. The caller sizes the buffer once for the pages it will add,
+// so adding a page never copies the pages added before.
+type pageCollector struct {
+	buf    []byte
+	chunks []memChunk
+}
+
+func newPageCollector(pages int) pageCollector {
+	return pageCollector{buf: make([]byte, 0, pages*pageSize)}
+}
+
+// add appends a copy of one page at addr, extending the last chunk when
+// the page continues it.
+func (c *pageCollector) add(addr uint64, page []byte) {
+	start := len(c.buf)
+	c.buf = append(c.buf, page...)
+	end := len(c.buf)
+	if n := len(c.chunks); n > 0 {
+		last := &c.chunks[n-1]
 		if last.addr+uint64(len(last.data)) == addr {
-			last.data = append(last.data, data...)
-			return chunks
+			last.data = c.buf[start-len(last.data) : end : end]
+			return
 		}
 	}
-	return append(chunks, memChunk{addr: addr, data: slices.Clone(data)})
+	c.chunks = append(c.chunks, memChunk{addr: addr, data: c.buf[start:end:end]})
 }
 
 // memSource is the pair of memories restore compares: the target's,
 // through its pagemap and memory files, and the snapshot's. Its methods may
-// be called from several goroutines at once.
+// be called from several goroutines at once, and so may mem's.
 type memSource struct {
 	op      *Op
 	pagemap *os.File
-
-	// mu serializes reads of mem, which need not be safe for concurrent use.
-	mu  sync.Mutex
-	mem snapshot.MemoryReader
+	mem     snapshot.MemoryReader
 }
 
 // openMemSource opens the target's pagemap and memory for comparing.
@@ -74,29 +98,35 @@ func openMemSource(op *Op, mem snapshot.MemoryReader) (*memSource, error) {
 
 func (s *memSource) close() { s.pagemap.Close() }
 
-func (s *memSource) readSnapshot(i int, p []byte, off uint64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.mem.ReadRegion(i, p, off)
-}
-
-// memDiffer compares one chunk at a time, page by page, and adds what it
+// memDiffer compares one piece at a time, page by page, and adds what it
 // finds to its plan. Each goroutine has its own.
 type memDiffer struct {
 	src  *memSource
 	plan memPlan
 
-	cur, saved []byte   // one chunk of current and snapshot bytes
-	flagBytes  []byte   // pagemap entries of the chunk as read
-	flags      []uint64 // the same, decoded
-	inRun      []bool   // whether each page of the chunk is in a saved run
+	cur, saved []byte       // one piece of current and snapshot bytes
+	flagBytes  []byte       // pagemap entries of the piece as read
+	flags      []uint64     // the same, decoded
+	inRun      []bool       // whether each page of the piece is in a saved run
+	actions    []pageAction // what restore does to each page of the piece
 }
+
+// pageAction is the change restore makes to one page.
+type pageAction uint8
+
+const (
+	keepPage     pageAction = iota
+	writePage               // write the snapshot's bytes, keep the current ones for undo
+	dropPage                // drop the page, keep the current bytes for undo
+	dropZeroPage            // drop an anonymous page of zeros, which undo need not write
+)
 
 func (s *memSource) newDiffer() *memDiffer {
 	return &memDiffer{
-		src: s, cur: make([]byte, diffChunk), saved: make([]byte, diffChunk),
-		flagBytes: make([]byte, diffChunk/pageSize*8),
-		flags:     make([]uint64, diffChunk/pageSize), inRun: make([]bool, diffChunk/pageSize),
+		src: s, cur: make([]byte, diffPiece), saved: make([]byte, diffPiece),
+		flagBytes: make([]byte, diffPiece/pageSize*8),
+		flags:     make([]uint64, diffPiece/pageSize), inRun: make([]bool, diffPiece/pageSize),
+		actions: make([]pageAction, diffPiece/pageSize),
 	}
 }
 
@@ -106,7 +136,7 @@ func contentRegion(r *snapshot.Region) bool {
 	return r.Saved && !r.Shared() && !untouchedMappings[r.Path]
 }
 
-// diffJob is one chunk of snapshot region i (r) to compare.
+// diffJob is one part of snapshot region i (r) to compare.
 type diffJob struct {
 	i         int
 	r         *snapshot.Region
@@ -114,7 +144,7 @@ type diffJob struct {
 }
 
 // diffRegions compares every restorable snapshot region over the parts
-// that spans cover, in chunks spread over one goroutine per CPU, and adds
+// that spans cover, in jobs spread over one goroutine per CPU, and adds
 // the changes to plan in address order. With fresh set, the spans were
 // just mapped by restore, so there is nothing to drop and nothing to keep
 // for undo.
@@ -132,7 +162,7 @@ func (s *memSource) diffRegions(img *snapshot.Image, spans []span, fresh bool, p
 			d := s.newDiffer()
 			for k := int(next.Add(1) - 1); k < len(jobs); k = int(next.Add(1) - 1) {
 				d.plan = memPlan{}
-				errs[k] = d.compareChunk(jobs[k], fresh)
+				errs[k] = d.compareJob(jobs[k], fresh)
 				results[k] = d.plan
 			}
 		})
@@ -153,7 +183,8 @@ func regionName(r *snapshot.Region) string {
 	return strings.TrimSpace(fmt.Sprintf("%x-%x %s", r.Start, r.End, r.Path))
 }
 
-// diffJobs cuts the restorable regions of img inside spans into chunks.
+// diffJobs cuts the restorable regions of img inside spans into jobs of
+// at most diffJobSize bytes.
 func diffJobs(img *snapshot.Image, spans []span) []diffJob {
 	var jobs []diffJob
 	for i := range img.Regions {
@@ -163,48 +194,54 @@ func diffJobs(img *snapshot.Image, spans []span) []diffJob {
 		}
 		for _, sp := range spans {
 			start, end := max(sp.start, r.Start), min(sp.end, r.End)
-			for addr := start; addr < end; addr += diffChunk {
-				jobs = append(jobs, diffJob{i: i, r: r, addr: addr, end: min(end, addr+diffChunk)})
+			for addr := start; addr < end; addr += diffJobSize {
+				jobs = append(jobs, diffJob{i: i, r: r, addr: addr, end: min(end, addr+diffJobSize)})
 			}
 		}
 	}
 	return jobs
 }
 
-// merge appends the changes of other, which lie above those of p.
+// merge appends the changes of other, which lie above those of p. The
+// chunks are taken over as they are, without copying their bytes.
 func (p *memPlan) merge(other *memPlan) {
-	for _, c := range other.writes {
-		p.writes = addChunk(p.writes, c.addr, c.data)
-	}
+	p.writes = append(p.writes, other.writes...)
 	for _, sp := range other.dontneed {
 		p.dontneed = appendSpan(p.dontneed, sp)
 	}
-	for _, c := range other.safety {
-		p.safety = addChunk(p.safety, c.addr, c.data)
-	}
+	p.safety = append(p.safety, other.safety...)
 }
 
-// compareChunk compares one chunk.
-func (d *memDiffer) compareChunk(job diffJob, fresh bool) error {
-	n := job.end - job.addr
-	pages := int(n / pageSize)
-	off := job.addr - job.r.Start
-
-	if err := d.src.readSnapshot(job.i, d.saved[:n], off); err != nil {
-		return fmt.Errorf("read snapshot memory: %w", err)
+// compareJob compares one job, piece by piece.
+func (d *memDiffer) compareJob(job diffJob, fresh bool) error {
+	for addr := job.addr; addr < job.end; addr += diffPiece {
+		if err := d.comparePiece(job, addr, min(job.end, addr+diffPiece), fresh); err != nil {
+			return err
+		}
 	}
-	markRuns(d.inRun[:pages], job.r.Runs, off)
-	if err := d.readFlags(job.addr, d.flags[:pages]); err != nil {
-		return err
-	}
-	if err := d.readCurrent(job.addr, pages, job.r.Inode != 0); err != nil {
-		return err
-	}
-	d.comparePages(job.addr, pages, job.r.Inode == 0, fresh)
 	return nil
 }
 
-// markRuns sets inRun[p] for each page p of a chunk at offset off of its
+// comparePiece compares the piece addr..end of a job.
+func (d *memDiffer) comparePiece(job diffJob, addr, end uint64, fresh bool) error {
+	pages := int((end - addr) / pageSize)
+	off := addr - job.r.Start
+
+	if err := d.src.mem.ReadRegion(job.i, d.saved[:end-addr], off); err != nil {
+		return fmt.Errorf("read snapshot memory: %w", err)
+	}
+	markRuns(d.inRun[:pages], job.r.Runs, off)
+	if err := d.readFlags(addr, d.flags[:pages]); err != nil {
+		return err
+	}
+	if err := d.readCurrent(addr, pages, job.r.Inode != 0); err != nil {
+		return err
+	}
+	d.comparePages(addr, pages, job.r.Inode == 0, fresh)
+	return nil
+}
+
+// markRuns sets inRun[p] for each page p of a piece at offset off of its
 // region that lies in one of runs.
 func markRuns(inRun []bool, runs []snapshot.Run, off uint64) {
 	clear(inRun)
@@ -236,7 +273,7 @@ func (d *memDiffer) readFlags(addr uint64, flags []uint64) error {
 	return nil
 }
 
-// readCurrent fills d.cur with the current bytes of the chunk's pages that
+// readCurrent fills d.cur with the current bytes of the piece's pages that
 // hold data: present or swapped pages, and for a file mapping also pages
 // in a saved run, whose current bytes come from the file. Other pages are
 // zeros.
@@ -262,36 +299,64 @@ func (d *memDiffer) holdsData(p int, file bool) bool {
 	return d.flags[p]&(pmPresent|pmSwapped) != 0 || file && d.inRun[p]
 }
 
-// comparePages plans the changes of one chunk. A page in a saved run is
+// comparePages plans the changes of one piece. A page in a saved run is
 // written when its bytes differ. A page outside every run held no data of
 // its own at capture: a private anonymous copy present now (pagemap bit 61
 // clear) is dropped, so the page reads as zeros again or, in a file
 // mapping, as the file.
 func (d *memDiffer) comparePages(addr uint64, pages int, anon, fresh bool) {
+	var writes, kept int
+	for p := range pages {
+		d.actions[p] = d.pageAction(p, anon, fresh)
+		switch d.actions[p] {
+		case writePage:
+			writes++
+			kept++
+		case dropPage:
+			kept++
+		}
+	}
+	if fresh {
+		kept = 0
+	}
+
 	plan := &d.plan
+	write, safety := newPageCollector(writes), newPageCollector(kept)
 	for p := range pages {
 		page := addr + uint64(p)*pageSize
 		cur := d.cur[p*pageSize : (p+1)*pageSize]
-		saved := d.saved[p*pageSize : (p+1)*pageSize]
-
-		switch {
-		case d.inRun[p]:
-			if bytes.Equal(cur, saved) {
-				continue
-			}
-			plan.writes = addChunk(plan.writes, page, saved)
-		case !fresh && d.flags[p]&(pmPresent|pmSwapped) != 0 && d.flags[p]&pmFileShare == 0:
-			plan.dontneed = appendSpan(plan.dontneed, span{page, page + pageSize})
-			if anon && allZero(cur) {
-				continue
-			}
-		default:
+		switch d.actions[p] {
+		case keepPage:
 			continue
+		case writePage:
+			write.add(page, d.saved[p*pageSize:(p+1)*pageSize])
+		default:
+			plan.dontneed = appendSpan(plan.dontneed, span{page, page + pageSize})
 		}
-		if !fresh {
-			plan.safety = addChunk(plan.safety, page, cur)
+		if kept > 0 && d.actions[p] != dropZeroPage {
+			safety.add(page, cur)
 		}
 	}
+	plan.writes = append(plan.writes, write.chunks...)
+	plan.safety = append(plan.safety, safety.chunks...)
+}
+
+// pageAction decides what restore does to page p of the piece; see
+// comparePages.
+func (d *memDiffer) pageAction(p int, anon, fresh bool) pageAction {
+	cur := d.cur[p*pageSize : (p+1)*pageSize]
+	switch {
+	case d.inRun[p]:
+		if bytes.Equal(cur, d.saved[p*pageSize:(p+1)*pageSize]) {
+			return keepPage
+		}
+		return writePage
+	case fresh || d.flags[p]&(pmPresent|pmSwapped) == 0 || d.flags[p]&pmFileShare != 0:
+		return keepPage
+	case anon && allZero(cur):
+		return dropZeroPage
+	}
+	return dropPage
 }
 
 func allZero(p []byte) bool {
@@ -311,8 +376,8 @@ func allZero(p []byte) bool {
 func (s *memSource) saveRemoved(spans []span, plan *memPlan) error {
 	d := s.newDiffer()
 	for _, sp := range spans {
-		for addr := sp.start; addr < sp.end; addr += diffChunk {
-			pages := int(min(sp.end-addr, diffChunk) / pageSize)
+		for addr := sp.start; addr < sp.end; addr += diffPiece {
+			pages := int(min(sp.end-addr, diffPiece) / pageSize)
 			if err := d.readFlags(addr, d.flags[:pages]); err != nil {
 				return err
 			}
@@ -320,55 +385,24 @@ func (s *memSource) saveRemoved(spans []span, plan *memPlan) error {
 			if err := d.readCurrent(addr, pages, false); err != nil {
 				return err
 			}
-			for p := range pages {
-				if d.flags[p]&(pmPresent|pmSwapped) != 0 && d.flags[p]&pmFileShare == 0 {
-					page := addr + uint64(p)*pageSize
-					plan.safety = addChunk(plan.safety, page, d.cur[p*pageSize:(p+1)*pageSize])
-				}
-			}
+			plan.safety = append(plan.safety, d.anonPages(addr, pages)...)
 		}
 	}
 	return nil
 }
 
-// readMemFast fills p from the target's memory at addr with one
-// process_vm_readv, which is faster than /proc/PID/mem, and falls back to
-// readMem where that fails (pages without read permission, for example).
-// Unlike readMem it may run on any goroutine once /proc/PID/mem is open.
-//
-// Precondition: all threads stopped; op.openMem succeeded.
-func (op *Op) readMemFast(addr uint64, p []byte) error {
-	local := []unix.Iovec{{Base: &p[0]}}
-	local[0].SetLen(len(p))
-	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(p)}}
-	if n, err := unix.ProcessVMReadv(op.pid, local, remote, 0); err == nil && n == len(p) {
-		return nil
-	}
-	return op.readMem(addr, p)
-}
-
-// writeChunks writes chunks into the target's memory.
-//
-// Precondition: called on the op's locked thread; all threads stopped.
-func (op *Op) writeChunks(chunks []memChunk) error {
-	for _, c := range chunks {
-		if err := op.writeMem(c.addr, c.data); err != nil {
-			return err
+// anonPages returns a copy of the private anonymous pages of the piece
+// at addr whose current bytes d holds.
+func (d *memDiffer) anonPages(addr uint64, pages int) []memChunk {
+	var anon []int
+	for p := range pages {
+		if d.flags[p]&(pmPresent|pmSwapped) != 0 && d.flags[p]&pmFileShare == 0 {
+			anon = append(anon, p)
 		}
 	}
-	return nil
-}
-
-// dropPages discards the pages of spans with injected
-// madvise(MADV_DONTNEED), so that anonymous pages read as zeros and
-// private copies of file pages as the file again.
-//
-// Precondition: called on the op's locked thread; all threads stopped.
-func (op *Op) dropPages(spans []span) error {
-	for _, sp := range spans {
-		if _, err := op.syscall(op.threads[0], unix.SYS_MADVISE, uintptr(sp.start), uintptr(sp.end-sp.start), unix.MADV_DONTNEED); err != nil {
-			return fmt.Errorf("drop pages %x-%x: %w", sp.start, sp.end, err)
-		}
+	c := newPageCollector(len(anon))
+	for _, p := range anon {
+		c.add(addr+uint64(p)*pageSize, d.cur[p*pageSize:(p+1)*pageSize])
 	}
-	return nil
+	return c.chunks
 }

@@ -181,16 +181,18 @@ func TestPlanFDs(t *testing.T) {
 		regularFD(3, "/data/a", 10, 100, unix.O_RDONLY),
 		regularFD(4, "/data/b", 11, 50, unix.O_WRONLY|unix.O_APPEND|unix.O_CLOEXEC),
 		regularFD(5, "/data/c", 12, 9999, unix.O_RDWR),
+		regularFD(7, "/data/d", 14, 900, unix.O_RDONLY),
 	}
 	cur := []snapshot.FD{
 		pipe,
 		regularFD(3, "/data/a", 10, 200, unix.O_RDONLY|unix.O_NONBLOCK),
 		regularFD(5, "/data/c", 12, 9999, unix.O_RDWR),
 		regularFD(6, "/data/new", 13, 0, unix.O_RDONLY),
+		regularFD(7, "/data/d", 14, 10, unix.O_RDONLY),
 	}
 	probe := fakeProbe(
 		map[string]fileIdentity{"/data/b": {dev: 3, ino: 11, size: 80}},
-		map[int]fileIdentity{3: {dev: 3, ino: 10, size: 500}, 5: {dev: 3, ino: 12, size: 10}},
+		map[int]fileIdentity{3: {dev: 3, ino: 10, size: 500}, 5: {dev: 3, ino: 12, size: 10}, 7: {dev: 3, ino: 14, size: 20}},
 	)
 	steps, warnings, err := planFDs(saved, cur, probe)
 	if err != nil {
@@ -200,11 +202,18 @@ func TestPlanFDs(t *testing.T) {
 	got := map[int]string{}
 	for _, st := range steps {
 		got[st.num] = fmt.Sprintf("reopen=%v seek=%v setfl=%v setfd=%v close=%v", st.reopen, st.seek, st.setFlags, st.setFD, st.close)
+		if st.num != 7 && st.warning != "" {
+			t.Errorf("fd %d step warns %q, want no warning", st.num, st.warning)
+		}
+		if st.num == 7 && !strings.Contains(st.warning, "fd 7") {
+			t.Errorf("fd 7 step warns %q, want its offset 900 past the end of a 20-byte file", st.warning)
+		}
 	}
 	want := map[int]string{
 		3: "reopen=false seek=true setfl=true setfd=false close=false",
 		4: "reopen=true seek=true setfl=false setfd=false close=false",
 		6: "reopen=false seek=false setfl=false setfd=false close=true",
+		7: "reopen=false seek=true setfl=false setfd=false close=false",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("steps\n%v\nwant\n%v", got, want)
@@ -254,28 +263,86 @@ func TestCheckThreads(t *testing.T) {
 	}
 }
 
-func TestCheckRestartable(t *testing.T) {
-	img := &snapshot.Image{Threads: []snapshot.Thread{{TID: 10}}}
-	img.Threads[0].RawRegs.Orig_rax = unix.SYS_RESTART_SYSCALL
-	img.Threads[0].RawRegs.Rax = ^uint64(errRestartRestartBlock - 1) // -516
-	if err := checkRestartable(img); !errors.Is(err, unix.EOPNOTSUPP) || !strings.Contains(err.Error(), "thread 10") {
-		t.Errorf("thread inside restart_syscall: %v, want EOPNOTSUPP naming thread 10", err)
-	}
-	img.Threads[0].RawRegs.Orig_rax = unix.SYS_NANOSLEEP
-	if err := checkRestartable(img); err != nil {
-		t.Errorf("thread inside nanosleep: %v", err)
-	}
-}
+// negErrno returns -errno as rax holds it.
+func negErrno(errno int) uint64 { return uint64(-int64(errno)) }
 
 func TestResumeRegs(t *testing.T) {
 	th := &snapshot.Thread{}
 	th.Regs.Rip, th.Regs.Rax, th.Regs.Orig_rax = 0x1000, unix.SYS_READ, unix.SYS_READ
-	regs := resumeRegs(th)
+	regs, err := resumeRegs(th, liveStop{})
+	if err != nil {
+		t.Fatalf("resume registers: %v", err)
+	}
 	if regs.Orig_rax != ^uint64(0) || regs.Rip != 0x1000 || regs.Rax != unix.SYS_READ {
 		t.Errorf("resume registers rip %#x rax %d orig_rax %#x, want rip 0x1000 rax 0 orig_rax -1", regs.Rip, regs.Rax, regs.Orig_rax)
 	}
 	if th.Regs.Orig_rax != unix.SYS_READ {
 		t.Errorf("resumeRegs changed the image's registers")
+	}
+}
+
+// TestResumeRegsRestartSyscall covers a thread captured inside
+// restart_syscall at rip 0x1002, and where it may be stopped at restore.
+func TestResumeRegsRestartSyscall(t *testing.T) {
+	th := &snapshot.Thread{TID: 10}
+	th.RawRegs.Rip, th.RawRegs.Rax, th.RawRegs.Orig_rax = 0x1002, negErrno(errRestartRestartBlock), unix.SYS_RESTART_SYSCALL
+	th.Regs = th.RawRegs
+
+	live := func(rip, rax, origRax uint64, before [2]byte) liveStop {
+		var l liveStop
+		l.regs.Rip, l.regs.Rax, l.regs.Orig_rax, l.before = rip, rax, origRax, before
+		return l
+	}
+	cases := []struct {
+		name string
+		live liveStop
+		want string // "" when restart_syscall is entered again, else part of the reason
+	}{
+		{"inside restart_syscall", live(0x1002, negErrno(errRestartRestartBlock), unix.SYS_RESTART_SYSCALL, syscallInsn), ""},
+		{"inside the original call", live(0x1002, negErrno(errRestartRestartBlock), unix.SYS_CLOCK_NANOSLEEP, syscallInsn), ""},
+		{"other call site", live(0x2002, negErrno(errRestartRestartBlock), unix.SYS_CLOCK_NANOSLEEP, syscallInsn), "stopped at 0x2002"},
+		{"no syscall instruction", live(0x1002, negErrno(errRestartRestartBlock), unix.SYS_CLOCK_NANOSLEEP, [2]byte{}), "stopped at 0x1002"},
+		{"other restart", live(0x1002, negErrno(errRestartNoHand), unix.SYS_PAUSE, syscallInsn), "no restart"},
+		{"call returned", live(0x1002, 0, unix.SYS_CLOCK_NANOSLEEP, syscallInsn), "no restart"},
+		{"outside a call", live(0x1002, negErrno(errRestartRestartBlock), ^uint64(0), syscallInsn), "no restart"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			regs, err := resumeRegs(th, c.live)
+			if c.want != "" {
+				if !errors.Is(err, unix.EOPNOTSUPP) || !strings.Contains(err.Error(), "thread 10") || !strings.Contains(err.Error(), c.want) {
+					t.Errorf("resume registers: %v, want EOPNOTSUPP naming thread 10 and %q", err, c.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("resume registers: %v", err)
+			}
+			if regs.Rax != unix.SYS_RESTART_SYSCALL || regs.Rip != 0x1000 || regs.Orig_rax != ^uint64(0) {
+				t.Errorf("resume registers rip %#x rax %d orig_rax %#x, want rip 0x1000 rax %d orig_rax -1",
+					regs.Rip, regs.Rax, regs.Orig_rax, unix.SYS_RESTART_SYSCALL)
+			}
+		})
+	}
+}
+
+// TestResumeRegsReissues covers a thread captured inside nanosleep with a
+// restart through restart_syscall pending: capture already moved it onto
+// its `syscall` instruction, and it resumes there wherever it is now.
+func TestResumeRegsReissues(t *testing.T) {
+	th := &snapshot.Thread{TID: 10}
+	th.RawRegs.Rip, th.RawRegs.Rax, th.RawRegs.Orig_rax = 0x1002, negErrno(errRestartRestartBlock), unix.SYS_NANOSLEEP
+	th.Regs = rearmSyscall(th.RawRegs, syscallInsn)
+
+	var live liveStop
+	live.regs.Rip, live.regs.Rax, live.regs.Orig_rax = 0x1002, negErrno(errRestartRestartBlock), unix.SYS_RESTART_SYSCALL
+	regs, err := resumeRegs(th, live)
+	if err != nil {
+		t.Fatalf("resume registers: %v", err)
+	}
+	if regs.Rax != unix.SYS_NANOSLEEP || regs.Rip != 0x1000 || regs.Orig_rax != ^uint64(0) {
+		t.Errorf("resume registers rip %#x rax %d orig_rax %#x, want rip 0x1000 rax %d orig_rax -1",
+			regs.Rip, regs.Rax, regs.Orig_rax, unix.SYS_NANOSLEEP)
 	}
 }
 

@@ -55,6 +55,51 @@ func (op *Op) readThreadState(th *thread) (threadState, error) {
 	return st, err
 }
 
+// planResume computes the registers each thread resumes with (see
+// resumeRegs), reading where the threads captured inside restart_syscall
+// are stopped now.
+//
+// Precondition: called on the op's locked thread; all threads stopped;
+// nothing changed yet.
+func (r *restorer) planResume() error {
+	r.resume = make(map[int]unix.PtraceRegs, len(r.op.threads))
+	for _, th := range r.op.threads {
+		t := r.imageThread(th.tid)
+		var live liveStop
+		if inRestartSyscall(&t.RawRegs) {
+			var err error
+			if live, err = r.op.readStop(th); err != nil {
+				return err
+			}
+		}
+		regs, err := resumeRegs(t, live)
+		if err != nil {
+			return err
+		}
+		r.resume[th.tid] = regs
+	}
+	return nil
+}
+
+// readStop reads th's registers and the two bytes before its rip. Bytes
+// that cannot be read (rip at the start of a mapping, for example) stay
+// zero, which no `syscall` instruction is.
+//
+// Precondition: called on the op's locked thread; th is stopped.
+func (op *Op) readStop(th *thread) (liveStop, error) {
+	regs, err := th.getRegs()
+	if err != nil {
+		return liveStop{}, err
+	}
+	live := liveStop{regs: regs}
+	if regs.Rip >= 2 {
+		if err := op.readMem(regs.Rip-2, live.before[:]); err != nil {
+			live.before = [2]byte{}
+		}
+	}
+	return live, nil
+}
+
 // writeThreadState writes xstate, then the general registers, then the
 // signal mask of th, the order in which none undoes another.
 //
