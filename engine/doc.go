@@ -45,14 +45,26 @@
 //
 // # Injected system calls
 //
-// op.syscall points a stopped thread's rip at an existing `syscall`
-// instruction (found in the vDSO, else in libc's text), sets rax and the
-// argument registers, orig_rax = -1 and a mask that blocks every signal,
-// then resumes it with PTRACE_SYSCALL to the entry stop and again to the
-// exit stop, reads rax and puts registers and mask back. Nothing in the
-// target's memory changes. One call costs about 85-90 us on a 2-core VM
-// (BenchmarkInjectedGetpid). Pointer arguments go through the scratch
-// page, mapped by an injected mmap on first use and unmapped at thaw.
+// op.syscall points a stopped thread's rip at an existing `syscall; ret`
+// pair (searched in the dynamic loader, the executable, libc, other
+// executable files, then the vDSO), sets rax and the argument registers,
+// orig_rax = -1 and a mask that blocks every signal, then resumes it with
+// PTRACE_SYSCALL to the entry stop and again to the exit stop, reads rax
+// and puts mask and registers back. Pointer arguments go through the
+// scratch page, mapped by an injected mmap on first use and unmapped at
+// thaw. One call costs about 90-105 us on a 2-core VM under load
+// (BenchmarkInjectedGetpid).
+//
+// The daemon may die at any point of an injection; the kernel then
+// detaches the thread, which runs on from wherever it is. So before the
+// call the engine writes a signal frame below the thread's stack red zone,
+// where a signal handler's frame would go: its registers (with a pending
+// system call restart re-armed), its XSAVE area and its mask, and as
+// return address the target's own rt_sigreturn code. rsp points at that
+// address, so an untraced thread finishes the call, returns into the frame
+// and rt_sigreturn puts its whole state back. A thread stopped inside an
+// rseq critical section is moved to the section's abort handler first, as
+// the kernel does after any preemption.
 //
 // # Lock order
 //

@@ -1,10 +1,8 @@
 package engine
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,48 +10,57 @@ import (
 // pageSize is the x86-64 base page size.
 const pageSize = 4096
 
-// maxInjectStops bounds the unexpected stops tolerated while one injected
-// system call runs.
+// maxInjectStops bounds the stops other than syscall stops tolerated while
+// one injected system call runs: held-back SIGSTOPs and ptrace events.
 const maxInjectStops = 32
 
+// errInjectedFault reports a signal the kernel forced on a thread while it
+// ran an injected system call, such as SIGSEGV when its rseq area is gone
+// or SIGSYS from a seccomp filter.
+var errInjectedFault = fmt.Errorf("forced signal during an injected system call: %w", unix.EFAULT)
+
+// injection is one injected system call in thread th.
+type injection struct {
+	th    *thread
+	saved unix.PtraceRegs // th's registers before the call, put back after it
+	mask  uint64          // th's signal mask before the call
+	regs  unix.PtraceRegs // the registers that run the call
+}
+
 // syscall runs system call nr with args inside the target, executed by
-// thread th. It points th's rip at an existing `syscall` instruction and
-// blocks every signal in th. Then it resumes th to the syscall entry and
-// exit stops, reads the result, and puts th's registers and mask back. No
-// memory of the target changes. A result in [-4095, -1] comes back as an
-// error wrapping that unix.Errno.
+// thread th, and puts th's registers and signal mask back. A result in
+// [-4095, -1] comes back as an error wrapping that unix.Errno.
 //
-// Signals that interrupt the injection (only SIGSTOP can, the rest are
-// blocked) are held back and delivered at detach.
+// The call runs at a `syscall; ret` instruction pair of the target with
+// every signal blocked, from the syscall entry stop to the exit stop.
+// Below th's stack red zone it leaves a signal frame holding th's
+// registers, FPU state and mask, and rsp points at its return address,
+// the target's rt_sigreturn code. If the daemon dies at any point of the
+// injection, the kernel detaches th, which then finishes the call, returns
+// into the frame and rt_sigreturn restores its state (see rescueRegs for
+// interrupted system calls). The stack below the red zone is what a
+// signal handler would overwrite, so no live data changes.
+//
+// NOTE: with a user shadow stack (CET) enabled, the `ret` into the frame
+// faults; restore rejects such processes, capture does not check.
+//
+// A SIGSTOP that arrives meanwhile is held back and delivered at detach.
+// A signal the kernel forces on th fails the call with errInjectedFault
+// and is discarded.
 //
 // Precondition: called on the op's locked thread; th is stopped.
 func (op *Op) syscall(th *thread, nr uintptr, args ...uintptr) (uintptr, error) {
 	if len(args) > 6 {
 		panic(fmt.Sprintf("injected syscall %d with %d arguments", nr, len(args)))
 	}
-	ip, err := op.findSyscallIP()
+	inj, err := op.prepareInjection(th, nr, args)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("injected syscall %d in tid %d: %w", nr, th.tid, err)
 	}
 
-	saved, err := th.getRegs()
-	if err != nil {
-		return 0, err
-	}
-	mask, err := th.getSigmask()
-	if err != nil {
-		return 0, err
-	}
-	if err := th.setSigmask(^uint64(0)); err != nil {
-		return 0, err
-	}
-
-	ret, runErr := op.runSyscall(th, saved, ip, nr, args)
-	if err := th.setRegs(&saved); err != nil {
-		return 0, errors.Join(runErr, err)
-	}
-	if err := th.setSigmask(mask); err != nil {
-		return 0, errors.Join(runErr, err)
+	ret, runErr := op.runInjection(inj)
+	if err := inj.finish(); err != nil {
+		return 0, fmt.Errorf("injected syscall %d in tid %d: %w", nr, th.tid, errors.Join(runErr, err))
 	}
 	if runErr != nil {
 		return 0, fmt.Errorf("injected syscall %d in tid %d: %w", nr, th.tid, runErr)
@@ -65,29 +72,131 @@ func (op *Op) syscall(th *thread, nr uintptr, args ...uintptr) (uintptr, error) 
 	return result, nil
 }
 
-// runSyscall sets up the registers and runs the injected call to its exit
-// stop, returning the registers there.
+// prepareInjection reads th's state, writes the signal frame and returns
+// the registers that run the call.
 //
-// Precondition: called on the op's locked thread; th is stopped with all
-// signals blocked.
-func (op *Op) runSyscall(th *thread, saved unix.PtraceRegs, ip uint64, nr uintptr, args []uintptr) (unix.PtraceRegs, error) {
-	regs := saved
-	setSyscallRegs(&regs, ip, nr, args)
-	if err := th.setRegs(&regs); err != nil {
-		return regs, err
+// Precondition: called on the op's locked thread; th is stopped.
+func (op *Op) prepareInjection(th *thread, nr uintptr, args []uintptr) (*injection, error) {
+	g, err := op.findGadgets(changedRange(nr, args))
+	if err != nil {
+		return nil, err
+	}
+	inj := &injection{th: th}
+	if inj.saved, err = th.getRegs(); err != nil {
+		return nil, err
+	}
+	if inj.mask, err = th.getSigmask(); err != nil {
+		return nil, err
+	}
+	op.abortRseq(th, &inj.saved)
+
+	inj.regs = inj.saved
+	setSyscallRegs(&inj.regs, g.syscallRet, nr, args)
+	if !g.safe {
+		return inj, nil
+	}
+	frame, err := op.writeRescueFrame(inj, g.restorer)
+	if err != nil {
+		op.log.Warn("injecting without a signal frame: the thread would crash if the daemon died during the call", "tid", th.tid, "err", err)
+		return inj, nil
+	}
+	inj.regs.Rsp = frame.Addr
+	if nr == unix.SYS_CLONE && len(args) > 1 && args[1] == 0 {
+		return inj, op.writeCloneExitFrame(inj, g, frame.Addr)
+	}
+	return inj, nil
+}
+
+// writeRescueFrame writes the signal frame that restores th's state when
+// it returns from the injected call untraced.
+//
+// Precondition: called on the op's locked thread; th is stopped.
+func (op *Op) writeRescueFrame(inj *injection, restorer uint64) (signalFrame, error) {
+	xstate, err := inj.th.getXstate()
+	if err != nil {
+		return signalFrame{}, err
+	}
+	// Bytes that cannot be read (rip in a mapping a restore removed, for
+	// example) stay zero, which no `syscall` instruction is.
+	var before [2]byte
+	if restartPending(&inj.saved) {
+		if err := op.readMem(inj.saved.Rip-2, before[:]); err != nil {
+			before = [2]byte{}
+		}
+	}
+	regs := rescueRegs(inj.saved, before)
+	frame := buildSignalFrame(&regs, inj.mask, xstate, restorer, regs.Rsp)
+	if err := op.writeMem(frame.Addr, frame.Bytes); err != nil {
+		return signalFrame{}, fmt.Errorf("write signal frame on the stack of tid %d: %w", inj.th.tid, err)
+	}
+	return frame, nil
+}
+
+// writeCloneExitFrame gives the child of an injected clone that shares
+// th's stack pointer its own stack: a frame below the parent's whose
+// rt_sigreturn runs exit_group(0). A child that runs untraced after the
+// daemon's death so exits at once instead of returning into the parent's
+// state as a second copy of the program.
+//
+// Precondition: called on the op's locked thread; th is stopped.
+func (op *Op) writeCloneExitFrame(inj *injection, g gadgets, parentFrame uint64) error {
+	exit := unix.PtraceRegs{
+		Rip:    g.syscallRet,
+		Rax:    unix.SYS_EXIT_GROUP,
+		Rsp:    parentFrame,
+		Cs:     inj.saved.Cs,
+		Ss:     inj.saved.Ss,
+		Eflags: inj.saved.Eflags &^ eflagsTF,
+	}
+	frame := buildSignalFrame(&exit, ^uint64(0), nil, g.restorer, parentFrame+redZone)
+	if err := op.writeMem(frame.Addr, frame.Bytes); err != nil {
+		return fmt.Errorf("write exit frame for the clone of tid %d: %w", inj.th.tid, err)
+	}
+	inj.regs.Rsi = frame.Addr
+	return nil
+}
+
+// runInjection runs the prepared call to its exit stop and returns the
+// registers there. It sets the registers before blocking signals, so that
+// a death of the daemon in between leaves neither the call's registers
+// without the frame's path back nor a mask that blocks everything.
+//
+// Precondition: called on the op's locked thread; th is stopped.
+func (op *Op) runInjection(inj *injection) (unix.PtraceRegs, error) {
+	th := inj.th
+	if err := th.setRegs(&inj.regs); err != nil {
+		return unix.PtraceRegs{}, err
+	}
+	if err := th.setSigmask(^uint64(0)); err != nil {
+		return unix.PtraceRegs{}, err
 	}
 
 	// The first stop is the syscall entry, the second its exit.
 	for range 2 {
 		if err := op.resumeToSyscallStop(th); err != nil {
-			return regs, err
+			return unix.PtraceRegs{}, err
 		}
 	}
 	return th.getRegs()
 }
 
-// resumeToSyscallStop resumes th until its next syscall stop, holding back
-// any signal that stops it on the way.
+// finish puts back th's mask, then its registers: until the registers
+// change, a thread that runs on untraced returns through the frame, which
+// holds the same mask.
+//
+// Precondition: called on the op's locked thread; th is stopped.
+func (inj *injection) finish() error {
+	if err := inj.th.setSigmask(inj.mask); err != nil {
+		return err
+	}
+	return inj.th.setRegs(&inj.saved)
+}
+
+// resumeToSyscallStop resumes th until its next syscall stop. It holds
+// back a SIGSTOP, passes ptrace event stops, and fails on any other
+// signal: with every signal blocked only the kernel can force one, and
+// delivering it later would kill the process for a fault of the
+// injection.
 //
 // Precondition: called on the op's locked thread; th is stopped.
 func (op *Op) resumeToSyscallStop(th *thread) error {
@@ -113,65 +222,16 @@ func (op *Op) resumeToSyscallStop(th *thread) error {
 			return nil
 		case event == unix.PTRACE_EVENT_EXEC:
 			return fmt.Errorf("tid %d: %w", th.tid, errExec)
-		case event == 0:
-			op.log.Debug("holding back signal that stopped an injected syscall", "tid", th.tid, "signal", sig)
+		case event != 0:
+			op.log.Debug("passing a ptrace event stop during an injected syscall", "tid", th.tid, "event", event, "signal", sig)
+		case sig == unix.SIGSTOP:
+			op.log.Debug("holding back SIGSTOP that stopped an injected syscall", "tid", th.tid)
 			th.signals = append(th.signals, sig)
+		default:
+			return fmt.Errorf("tid %d stopped by %v (%s): %w", th.tid, sig, describeSiginfo(th.tid), errInjectedFault)
 		}
 	}
 	return fmt.Errorf("tid %d: no syscall stop after %d other stops: %w", th.tid, maxInjectStops, unix.EAGAIN)
-}
-
-// findSyscallIP returns the address of a `syscall` instruction (0f 05) in
-// the target, searched in the vDSO first, then in libc's text, then in
-// any executable file mapping. Any two bytes 0f 05 will do, even inside
-// another instruction, because execution jumps straight to them.
-//
-// Precondition: called on the op's locked thread; all threads stopped.
-func (op *Op) findSyscallIP() (uint64, error) {
-	if op.syscallIP != 0 {
-		return op.syscallIP, nil
-	}
-	raw, err := readProcFile(op.pid, "maps")
-	if err != nil {
-		return 0, err
-	}
-	regions, err := parseMaps(raw)
-	if err != nil {
-		return 0, fmt.Errorf("parse maps of pid %d: %w", op.pid, err)
-	}
-
-	candidates := []func(path, perms string) bool{
-		func(path, _ string) bool { return path == "[vdso]" },
-		func(path, perms string) bool { return strings.Contains(path, "/libc") && perms[2] == 'x' },
-		func(path, perms string) bool { return strings.HasPrefix(path, "/") && perms[2] == 'x' },
-	}
-	for _, match := range candidates {
-		for _, r := range regions {
-			if !match(r.Path, r.Perms) {
-				continue
-			}
-			if ip, ok := op.scanSyscall(r.Start, r.End); ok {
-				op.syscallIP = ip
-				return ip, nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("find a syscall instruction in pid %d: %w", op.pid, unix.ENOEXEC)
-}
-
-// scanSyscall looks for the bytes 0f 05 in the first MiB of [start, end).
-//
-// Precondition: called on the op's locked thread.
-func (op *Op) scanSyscall(start, end uint64) (uint64, bool) {
-	buf := make([]byte, min(end-start, 1<<20))
-	if err := op.readMem(start, buf); err != nil {
-		return 0, false
-	}
-	i := bytes.Index(buf, []byte{0x0f, 0x05})
-	if i < 0 {
-		return 0, false
-	}
-	return start + uint64(i), true
 }
 
 // scratch returns the address of a private read-write page mapped in the

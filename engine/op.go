@@ -39,8 +39,10 @@ type Op struct {
 	freezeStart time.Time
 	frozenFor   time.Duration
 	syscallIP   uint64   // address of a `syscall` instruction in the target, 0 until found
+	restorerIP  uint64   // rt_sigreturn code found with syscallIP, 0 when none
 	scratchAddr uint64   // scratch page in the target, 0 until mapped
 	mem         *os.File // /proc/PID/mem, nil until first used
+	clone       cowClone // copy-on-write clone of CaptureCOW, until closed
 }
 
 // Begin freezes process pid for one operation: it checks that the process
@@ -86,6 +88,9 @@ func (op *Op) PID() int { return op.pid }
 // goroutine. It is safe to call more than once.
 func (op *Op) Close() {
 	op.closeOnce.Do(func() {
+		if err := op.closeClone(); err != nil {
+			op.log.Warn("closing the copy-on-write clone failed", "err", err)
+		}
 		if err := op.do(func() error { op.thaw(); return nil }); err != nil {
 			op.log.Warn("thaw on close failed", "err", err)
 		}

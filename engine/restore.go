@@ -318,9 +318,16 @@ func (r *restorer) apply() error {
 		{"signal actions", r.applyActions, r.parts.signals},
 		{"signal stacks", r.applyAltStacks, r.parts.signals},
 		{"memory contents", r.applyContents, true},
+		{"rseq registrations", r.registerSnapshotRseq, r.parts.layout || r.parts.registers},
 		{"threads", r.applyThreads, r.parts.registers || r.parts.signals},
 	}
 
+	// Registrations whose rseq area the layout step may unmap end first.
+	if r.parts.layout || r.parts.registers {
+		if err := r.unregisterChangedRseq(); err != nil {
+			return fmt.Errorf("restore rseq registrations: %w", err)
+		}
+	}
 	// One undo step puts back the layout and every page the steps change.
 	r.undo(r.undoMemory)
 	for _, step := range steps {
