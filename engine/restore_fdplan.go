@@ -107,10 +107,20 @@ func findFD(fds []snapshot.FD, num int) *snapshot.FD {
 // share an inode, so one closed and replaced by another of its kind passes
 // as the same object.
 func sameFileObject(cur, saved *snapshot.FD) bool {
-	if cur.Kind != saved.Kind || cur.Dev != saved.Dev || cur.Ino != saved.Ino {
+	if fileKind(cur.Kind) != fileKind(saved.Kind) || cur.Dev != saved.Dev || cur.Ino != saved.Ino {
 		return false
 	}
 	return cur.Kind != snapshot.KindAnon || cur.Target == saved.Target
+}
+
+// fileKind folds a deleted file into a plain file, because unlinking a file
+// that stays open (a rotated log, say) leaves the descriptor on the same
+// object.
+func fileKind(kind string) string {
+	if kind == snapshot.KindDeleted {
+		return snapshot.KindFile
+	}
+	return kind
 }
 
 // reopenable reports whether a descriptor's object can be found again by

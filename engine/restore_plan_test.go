@@ -368,3 +368,18 @@ func TestCheckXCR0(t *testing.T) {
 		t.Errorf("different XCR0: %v, want EOPNOTSUPP", err)
 	}
 }
+
+func TestPlanFDsFileDeletedSinceCapture(t *testing.T) {
+	saved := []snapshot.FD{regularFD(3, "/data/log", 10, 100, unix.O_WRONLY)}
+	deleted := regularFD(3, "/data/log (deleted)", 10, 400, unix.O_WRONLY)
+	deleted.Kind = snapshot.KindDeleted
+	probe := fakeProbe(nil, map[int]fileIdentity{3: {dev: 3, ino: 10, size: 400}})
+
+	steps, _, err := planFDs(saved, []snapshot.FD{deleted}, probe)
+	if err != nil {
+		t.Fatalf("planFDs: %v, want the unlinked but open file kept", err)
+	}
+	if len(steps) != 1 || steps[0].reopen || !steps[0].seek {
+		t.Errorf("steps %+v, want one seek of fd 3 and no reopen", steps)
+	}
+}

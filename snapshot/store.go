@@ -41,15 +41,19 @@ type dirStore struct {
 // Compile-time check that a directory is a backend.
 var _ backend = (*dirStore)(nil)
 
-// Open opens the store in dir, creating it with mode 0700 when missing and
-// setting its mode to 0700 when other users have access. A directory owned
-// by another user gives an error wrapping unix.EPERM. Open deletes the
+// Open opens the store in dir, creating it with mode 0700 when missing. A
+// directory owned by another user, or one that other users can access,
+// gives an error wrapping unix.EPERM: Open never changes the mode of a
+// directory it did not create. Open deletes the
 // leftovers of saves and removals that never finished (.tmp-* directories
 // no other Store holds locked), logging each at Warn. A nil log discards
 // messages.
 func Open(dir string, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if dir == "" {
+		return nil, fmt.Errorf("open store: empty directory name; give the store's path: %w", unix.EINVAL)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -69,11 +73,9 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 	if err := checkOwner(abs, info); err != nil {
 		return nil, err
 	}
-	if info.Mode().Perm()&0o077 != 0 {
-		log.Warn("store directory open to other users, setting its mode to 0700", "path", abs, "mode", info.Mode().Perm())
-		if err := os.Chmod(abs, 0o700); err != nil {
-			return nil, fmt.Errorf("set mode of store %s: %w", abs, err)
-		}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("open store %s: other users have access (mode %#o); use a directory of its own or chmod 0700 it: %w",
+			abs, perm, unix.EPERM)
 	}
 
 	d := &dirStore{dir: abs, warnings: newWarnings(log)}

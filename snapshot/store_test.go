@@ -451,12 +451,17 @@ func TestOpenCreatesPrivateStore(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatalf("chmod: %v", err)
 	}
-	_, logs := openStoreAt(t, dir)
-	if info, _ := os.Stat(dir); info.Mode().Perm() != 0o700 {
-		t.Errorf("store mode after reopening = %v, want 0700", info.Mode().Perm())
+	if _, err := Open(dir, nil); !errors.Is(err, unix.EPERM) {
+		t.Errorf("Open of a store other users can read = %v, want EPERM", err)
 	}
-	if !strings.Contains(logs.String(), "level=WARN") {
-		t.Errorf("narrowing the mode logged no warning: %s", logs.String())
+	if info, _ := os.Stat(dir); info.Mode().Perm() != 0o755 {
+		t.Errorf("store mode after the rejected Open = %v, want 0755 left as it was", info.Mode().Perm())
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatalf("chmod: %v", err)
+	}
+	if _, err := Open("", nil); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("Open of an empty path = %v, want EINVAL", err)
 	}
 
 	if err := os.Chown(dir, os.Geteuid()+1000, -1); err != nil {
