@@ -36,7 +36,7 @@ func (op *Op) Capture() (*snapshot.Image, error) {
 			return fmt.Errorf("capture pid %d: process is not frozen: %w", op.pid, unix.EINVAL)
 		}
 		var err error
-		img, err = op.capture()
+		img, err = op.capture(op.captureMaps, op.captureMemory)
 		op.thaw()
 		if err != nil {
 			return err
@@ -45,17 +45,18 @@ func (op *Op) Capture() (*snapshot.Image, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("capture pid %d: %w", op.pid, err)
+		return nil, exitedDuring(op.pid, fmt.Errorf("capture pid %d: %w", op.pid, err))
 	}
 	op.log.Debug("captured", "frozen", img.Frozen, "threads", len(img.Threads), "regions", len(img.Regions))
 	return img, nil
 }
 
-// capture reads everything while the process is frozen. Maps are read
-// before the first injected system call, which maps the scratch page.
+// capture reads everything while the process is frozen: the regions with
+// mapsStep, their memory with memoryStep. Maps are read before the first
+// injected system call, which maps the scratch page.
 //
 // Precondition: called on the op's locked thread, after freeze.
-func (op *Op) capture() (*snapshot.Image, error) {
+func (op *Op) capture(mapsStep, memoryStep func(*snapshot.Image) error) (*snapshot.Image, error) {
 	if err := op.waitStops(); err != nil {
 		return nil, err
 	}
@@ -66,10 +67,10 @@ func (op *Op) capture() (*snapshot.Image, error) {
 		return nil, err
 	}
 	steps := []func(*snapshot.Image) error{
-		op.captureMaps,
+		mapsStep,
 		op.captureThreads,
 		op.captureFDs,
-		op.captureMemory,
+		memoryStep,
 		op.captureBrk,
 		op.captureAltStacks,
 		func(img *snapshot.Image) error { return op.captureSignals(img, st) },
@@ -111,6 +112,9 @@ func (op *Op) captureProcess(img *snapshot.Image) (*Status, error) {
 		return nil, fmt.Errorf("stat executable of pid %d: %w", op.pid, err)
 	}
 	img.ExeDev, img.ExeIno = exeStat.Dev, exeStat.Ino
+	if img.ExecID, err = readExecID(op.pid); err != nil {
+		return nil, err
+	}
 
 	if img.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", op.pid)); err != nil {
 		return nil, fmt.Errorf("read working directory of pid %d: %w", op.pid, err)

@@ -88,6 +88,13 @@
 //     would wait for the frozen handler), shadow stacks, device and PFN
 //     mappings, secret memory.
 //   - The target's seccomp filter applies to injected system calls.
-//   - Memory is copied while the process is frozen, so the freeze grows
-//     with the memory saved.
+//   - Capture copies memory while the process is frozen, so its freeze
+//     grows with the memory saved. CaptureCOW instead injects a clone
+//     without CLONE_VM (exit signal 0, sharing pages copy-on-write) as
+//     the last step of the freeze, thaws, and reads the clone through
+//     /proc/CLONE/mem; the freeze then costs about the fork's page-table
+//     copy (17-22 ms for 1 GiB of touched 4 KiB pages on a 2-core VM).
+//     The clone is a zombie child of the target once killed: the op
+//     reaps it by an injected wait4 in a second, short freeze, and every
+//     thaw reaps clones left by an earlier op or a daemon that died.
 package engine

@@ -80,9 +80,9 @@ func (op *Op) Restore(img *snapshot.Image, mem snapshot.MemoryReader, parts []st
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("restore pid %d: %w", op.pid, err)
+		return nil, exitedDuring(op.pid, fmt.Errorf("restore pid %d: %w", op.pid, err))
 	}
-	op.log.Info("restored", "op", "restore", "parts", parts, "duration", time.Since(start), "frozen", op.frozenFor)
+	op.log.Debug("restored", "op", "restore", "parts", parts, "duration", time.Since(start), "frozen", op.frozenFor)
 	return report, nil
 }
 

@@ -31,6 +31,17 @@ func checkIdentity(pid int, img *snapshot.Image) error {
 	if exe.dev != img.ExeDev || exe.ino != img.ExeIno {
 		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d ran another program since the snapshot (executable inode %d, was %d %s)", pid, exe.ino, img.ExeIno, img.Exe))
 	}
+
+	if img.ExecID == "" {
+		return nil
+	}
+	execID, err := readExecID(pid)
+	if err != nil {
+		return err
+	}
+	if execID != img.ExecID {
+		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d called execve since the snapshot (it runs %s anew); capture it again", pid, img.Exe))
+	}
 	return nil
 }
 

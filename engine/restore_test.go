@@ -262,6 +262,7 @@ func TestRestoreRejectsChanged(t *testing.T) {
 	}{
 		{"other start time", func(img *snapshot.Image) { img.Process.StartTime++ }, unix.ESRCH, "not the process of the snapshot"},
 		{"exec since", func(img *snapshot.Image) { img.ExeIno++ }, unix.EOPNOTSUPP, "ran another program"},
+		{"same program run anew", func(img *snapshot.Image) { img.ExecID = strings.Repeat("0", 32) }, unix.EOPNOTSUPP, "called execve"},
 		{"xcr0", func(img *snapshot.Image) { img.XCR0 ^= 1 << 2 }, unix.EOPNOTSUPP, "XCR0"},
 		{"thread gone", func(img *snapshot.Image) {
 			img.Threads = append(img.Threads, snapshot.Thread{TID: 1 << 30})

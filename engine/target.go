@@ -34,6 +34,10 @@ func checkTarget(pid int) error {
 	if kernelThread(pid, st) {
 		return reject(unix.EPERM, fmt.Sprintf("pid %d (%s) is a kernel thread", pid, st.Name))
 	}
+	if st.TracerPid != 0 && !threadOf(st.TracerPid, self) && sameExecutable(st.TracerPid, self) {
+		return reject(unix.EBUSY, fmt.Sprintf("pid %d (%s) is being captured or restored by another ckptfs (pid %d); retry when it finishes",
+			pid, st.Name, st.TracerPid))
+	}
 	if st.TracerPid != 0 {
 		return reject(unix.EPERM, fmt.Sprintf("pid %d (%s) is already traced by pid %d (%s)",
 			pid, st.Name, st.TracerPid, commOf(st.TracerPid)))
@@ -50,6 +54,23 @@ func kernelThread(pid int, st *Status) bool {
 	}
 	ps, err := readProcStat(pid)
 	return err == nil && ps.Flags&pfKthread != 0
+}
+
+// sameExecutable reports whether processes a and b run the same executable
+// file, which tells another ckptfs (the mount and the command line share a
+// store) from a debugger.
+func sameExecutable(a, b int) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/exe", a), &sa) != nil || unix.Stat(fmt.Sprintf("/proc/%d/exe", b), &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// threadOf reports whether tid is a thread of process pid.
+func threadOf(tid, pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d", pid, tid))
+	return err == nil
 }
 
 // commOf returns the command name of pid, or "?" when it cannot be read.

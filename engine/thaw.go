@@ -7,7 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// thaw undoes freeze on every path: it unmaps the scratch page, detaches
+// thaw undoes freeze on every path: it reaps the copy-on-write clones
+// killed since the last freeze, unmaps the scratch page, detaches
 // every thread (delivering the signals held back during injections) and,
 // when the process was in a job-control stop, makes sure it still is.
 // Errors are logged, because thaw runs on paths that already fail.
@@ -19,6 +20,7 @@ func (op *Op) thaw() {
 	}
 	jobStopped := op.jobStopped()
 
+	op.reapUnreaped()
 	op.unmapScratch()
 	for i := 0; i < len(op.threads); i++ {
 		op.detach(op.threads[i])

@@ -120,19 +120,22 @@ func readTarget(pid int, st *engine.Status, callerTGID, yamaScope int) (ptraceTa
 
 // isDumpable reports whether the process may be traced by its own user. The
 // dumpable flag of another process is not in /proc/PID/status, but the
-// kernel shows it indirectly: /proc/PID belongs to the process's effective
-// uid when it is dumpable and to root otherwise.
+// kernel shows it indirectly: the files of /proc/PID belong to the
+// process's effective uid when it is dumpable and to root otherwise. The
+// directory /proc/PID itself keeps the effective uid either way (Linux
+// task_dump_owner exempts world-readable directories), so a file is read.
 //
 // NOTE: for a process whose effective uid is root both cases look the same,
 // so it counts as dumpable; only callers that are root by uid can pass the
 // uid check against it anyway.
 func isDumpable(pid int, st *engine.Status) (bool, error) {
-	fi, err := os.Stat("/proc/" + strconv.Itoa(pid))
+	path := "/proc/" + strconv.Itoa(pid) + "/stat"
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("pid %d exited: %w", pid, unix.ESRCH)
 	}
 	if err != nil {
-		return false, fmt.Errorf("stat /proc/%d: %w", pid, err)
+		return false, fmt.Errorf("stat %s: %w", path, err)
 	}
 	owner := fi.Sys().(*syscall.Stat_t).Uid
 	return owner == st.UID[1] || st.UID[1] == 0, nil

@@ -103,12 +103,18 @@ func (c *controlFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.S
 	return 0
 }
 
-// Open checks access; status cannot be opened for writing.
+// Open checks access; status cannot be opened for writing. A refused open
+// for writing is logged with its reason. It does not change the status
+// file, which the refused caller could not read anyway.
 func (c *controlFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	c.state.debug(ctx, "open", "pid", c.id.PID, "name", c.kind.String(), "flags", flags)
 	caller, _ := fuse.FromContext(ctx)
 	if _, err := c.state.authorize(caller, c.id); err != nil {
-		return nil, 0, errnoOf(err)
+		errno := errnoOf(err)
+		if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+			c.state.logRefused(caller, c.id.PID, c.kind.String(), errno, err)
+		}
+		return nil, 0, errno
 	}
 	if c.kind == ctlStatus && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EACCES
@@ -192,4 +198,13 @@ func (c *controlFile) Write(ctx context.Context, f gofs.FileHandle, data []byte,
 		return 0, errnoOf(err)
 	}
 	return uint32(len(data)), 0
+}
+
+// logRefused logs an open for writing that the access check refused.
+func (m *mountState) logRefused(caller *fuse.Caller, pid int, file string, errno syscall.Errno, err error) {
+	args := []any{"pid", pid, "file", file, "errno", errnoName(errno), "err", err}
+	if caller != nil {
+		args = append(args, "caller_pid", caller.Pid, "caller_uid", caller.Uid)
+	}
+	m.log.Warn("access refused", args...)
 }

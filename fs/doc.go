@@ -60,23 +60,29 @@
 // The writing thread then stops exactly at the return of its write, which
 // becomes the snapshot's point. A goroutine finishes the operation (waits
 // for the stops, reads or writes the process, thaws it, saves), and the
-// status file reports its outcome: "result: running" until then.
+// status file reports its outcome: "result: running" until then, as it
+// does during any capture or restore.
 //
 // # Locks
 //
-// Only one capture or restore runs per process; a second fails at once
-// with EBUSY. The per-process guard is a try-lock (procState.busy) that
-// nothing ever waits on, so a FUSE request from a frozen process cannot
-// block behind its own freeze. busy is released at the thaw, before the
-// store commits the snapshot. The next operation on the process waits for
-// that commit (procState.saving), so that a process that captures itself
-// and restores at once finds its snapshot. That wait is safe even inside a
-// request of the process itself, because a save never touches the process.
-// procState.mu and mountState.mu are held only
-// to copy a few fields, never across a ptrace wait, a store write or a
-// call into the engine. No lock is held while a handler waits for the
-// target; in particular the engine may inject a close(2) of a descriptor
-// on this mount into a frozen process, which sends a FLUSH request here.
+// Only one capture or restore runs per process, from the freeze until its
+// snapshot is durable; a second fails at once with EBUSY (procState.acquire).
+// Nothing waits for that ownership except in one case: a request of the
+// process itself that arrives while a capture it made of itself is saving
+// waits for the save, so that a process that captures itself and restores
+// at once finds its snapshot. That wait is safe inside a request of the
+// process, because such a capture copies memory while frozen and its save
+// never touches the process. The save of any other capture freezes the
+// process once more to reap its copy-on-write clone, so during it even the
+// process's own requests get EBUSY. While
+// the process is frozen even its own requests get EBUSY at once, since a
+// thread caught inside a request cannot stop until it is answered.
+//
+// procState.mu and mountState.mu are held only to copy a few fields,
+// never across a ptrace wait, a store write or a call into the engine. No
+// lock is held while a handler waits for the target; in particular the
+// engine may inject a close(2) of a descriptor on this mount into a frozen
+// process, which sends a FLUSH request here.
 //
 // # Errors
 //

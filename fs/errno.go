@@ -53,3 +53,13 @@ func errnoOf(err error) syscall.Errno {
 	}
 	return unix.EIO
 }
+
+// errnoName returns the symbolic name of errno as the contract spells it.
+// unix.ErrnoName returns ENOTSUP for EOPNOTSUPP, which has the same value
+// on Linux.
+func errnoName(errno syscall.Errno) string {
+	if errno == unix.EOPNOTSUPP {
+		return "EOPNOTSUPP"
+	}
+	return unix.ErrnoName(errno)
+}

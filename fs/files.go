@@ -8,7 +8,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/snapshot"
 )
@@ -103,7 +102,7 @@ func (f *memFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	if err := f.snap.ReadRegion(f.index, dest[:n], uint64(off)); err != nil {
 		errno := errnoOf(err)
 		f.state.log.Error("read snapshot memory failed", "pid", f.snap.Info.Process.PID, "snapshot", f.snap.Info.Name,
-			"region", regionName(&f.snap.Image.Regions[f.index]), "offset", off, "errno", unix.ErrnoName(errno), "err", err)
+			"region", regionName(&f.snap.Image.Regions[f.index]), "offset", off, "errno", errnoName(errno), "err", err)
 		return nil, errno
 	}
 	return fuse.ReadResultData(dest[:n]), 0

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -43,6 +44,8 @@ type Server struct {
 // Mount mounts the ckptfs tree on mountpoint and serves it until Unmount or
 // an external umount. As root it calls mount(2) itself; otherwise it mounts
 // through fusermount3 and can act only on the user's own processes.
+// Once mounted, it resumes the autosave schedules stored for processes
+// that still live.
 func Mount(mountpoint string, cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, fmt.Errorf("mount %s: no store: %w", mountpoint, unix.EINVAL)
@@ -63,6 +66,8 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 		started:   time.Now(),
 		procs:     map[snapshot.ProcessID]*procState{},
 	}
+	state.controlGen.Store(1 << 63)
+	state.autosave = newAutosaver(state)
 
 	root := &rootDir{state: state}
 	srv, err := gofs.Mount(mountpoint, root, mountOptions(cfg, log))
@@ -71,6 +76,7 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 	}
 
 	log.Info("mounted", "mountpoint", mountpoint, "store", cfg.Store.Dir())
+	state.autosave.resume()
 	return &Server{fuse: srv, mountpoint: mountpoint, state: state}, nil
 }
 
@@ -101,16 +107,21 @@ func mountOptions(cfg Config, log *slog.Logger) *gofs.Options {
 	}
 }
 
-// Wait blocks until the file system is unmounted.
+// Wait blocks until the file system is unmounted, then stops the autosave
+// schedules.
 func (s *Server) Wait() {
 	s.fuse.Wait()
+	s.state.autosave.stop()
 }
 
-// Unmount unmounts the file system. When the kernel reports it busy, for
+// Unmount stops the autosave schedules, waiting for an auto-save in
+// progress, and unmounts the file system. Their settings stay in the store
+// for the next mount. When the kernel reports it busy, for
 // example because a process has a file open inside, Unmount detaches it
 // lazily with umount2(MNT_DETACH). The mount then leaves the namespace at
 // once, and the server stops when the last file is closed.
 func (s *Server) Unmount() error {
+	s.state.autosave.stop()
 	err := s.fuse.Unmount()
 	if err == nil {
 		s.state.log.Info("unmounted", "mountpoint", s.mountpoint)
@@ -131,10 +142,16 @@ type mountState struct {
 	log       *slog.Logger
 	yamaScope int
 	started   time.Time
+	autosave  *autosaver
 
 	// mu protects procs. It is held only to look an entry up or prune it.
 	mu    sync.Mutex
 	procs map[snapshot.ProcessID]*procState
+
+	// controlGen numbers the control-file nodes made while their process
+	// is busy (see procDir.lookupControl). It starts at 2^63, above any
+	// process start time, which the other control-file nodes use.
+	controlGen atomic.Uint64
 }
 
 // proc returns the state kept for the process id, creating it on first use.

@@ -328,12 +328,16 @@ func TestBusyProcess(t *testing.T) {
 	m := newMount(t)
 	tg := startTarget(t, 0)
 
-	// Hold the per-process try-lock as a running capture does.
+	// Own the process as a running capture does, first frozen, then saving.
 	ps := m.srv.state.proc(identify(t, tg.PID))
-	ps.busy.Store(true)
+	if err := ps.acquire(tg.PID, "capture", 1, false); err != nil {
+		t.Fatal(err)
+	}
 	wantErrno(t, "capture while busy", m.write("1\n", tg.PID, "capture"), unix.EBUSY)
 	wantErrno(t, "restore while busy", m.write("snap-1\n", tg.PID, "restore"), unix.EBUSY)
-	ps.busy.Store(false)
+	ps.startSaving()
+	wantErrno(t, "capture while saving", m.write("1\n", tg.PID, "capture"), unix.EBUSY)
+	ps.release()
 
 	m.mustWrite("1\n", tg.PID, "capture")
 }

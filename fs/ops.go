@@ -2,9 +2,8 @@ package fs
 
 import (
 	"fmt"
+	"os"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -13,82 +12,6 @@ import (
 	"github.com/ckptfs/ckptfs/engine"
 	"github.com/ckptfs/ckptfs/snapshot"
 )
-
-// procState is the mount's state for one process.
-type procState struct {
-	// busy is the per-process try-lock of capture and restore, held from
-	// the freeze until the thaw. Nothing ever waits on it: a second
-	// operation fails with EBUSY at once, so no FUSE request of a frozen
-	// target can block behind its own freeze.
-	busy atomic.Bool
-
-	// mu protects the fields below. It is held only to copy them, never
-	// while a process is frozen or a ptrace stop is awaited.
-	mu           sync.Mutex
-	lastRestored string
-	last         *opRecord
-
-	// saving is closed when the store has committed the capture whose
-	// process was thawed last, or nil when no save is pending. The next
-	// operation waits for it, so that a process that captures itself and
-	// restores right away finds its snapshot. Waiting is safe even in a
-	// request of the process itself: a save never needs the process.
-	saving chan struct{}
-}
-
-// startSave marks a save as pending and returns the function that ends
-// it. Call it before releasing busy, so that the next operation waits.
-func (p *procState) startSave() func() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
-	done := make(chan struct{})
-	p.saving = done
-	return func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-
-		close(done)
-		if p.saving == done {
-			p.saving = nil
-		}
-	}
-}
-
-// waitSaved waits until no save of this process is pending.
-func (p *procState) waitSaved() {
-	p.mu.Lock()
-	saving := p.saving
-	p.mu.Unlock()
-
-	if saving != nil {
-		<-saving
-	}
-}
-
-// record stores rec as the last operation on the process.
-func (p *procState) record(rec opRecord) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
-	p.last = &rec
-	if rec.Kind == "restore" && !rec.Running && rec.Err == nil {
-		p.lastRestored = rec.Snapshot
-	}
-}
-
-// snapshotState returns copies of the last operation (nil when none) and
-// the name of the last snapshot restored.
-func (p *procState) snapshotState() (*opRecord, string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
-	if p.last == nil {
-		return nil, p.lastRestored
-	}
-	rec := *p.last
-	return &rec, p.lastRestored
-}
 
 // capture runs the capture that a write of data to the capture file of
 // process id requests. A write from the process itself returns once the
@@ -107,18 +30,18 @@ func (m *mountState) capture(caller *fuse.Caller, id snapshot.ProcessID, data []
 		return m.failed(ps, rec, id, err)
 	}
 	rec.Snapshot = name
+	rec.Running = true
+	ps.record(rec)
 
 	if self {
-		rec.Running = true
-		ps.record(rec)
 		go m.finishCapture(op, ps, rec, id)
 		return nil
 	}
 	return m.finishCapture(op, ps, rec, id)
 }
 
-// beginCapture checks a capture request and freezes the process. On success
-// the caller owns ps.busy and the op.
+// beginCapture checks a capture request, acquires the process and freezes
+// it. On success the caller owns the process (ps.acquire) and the op.
 func (m *mountState) beginCapture(caller *fuse.Caller, id snapshot.ProcessID, request string, ps *procState) (*engine.Op, string, bool, error) {
 	name, err := parseCaptureRequest(request)
 	if err != nil {
@@ -128,41 +51,43 @@ func (m *mountState) beginCapture(caller *fuse.Caller, id snapshot.ProcessID, re
 	if err != nil {
 		return nil, "", false, err
 	}
-	if !ps.busy.CompareAndSwap(false, true) {
-		return nil, "", false, fmt.Errorf("pid %d: another capture or restore is in progress: %w", id.PID, unix.EBUSY)
+	self := creds.TGID == id.PID
+	if err := ps.acquire(id.PID, "capture", uint32(creds.TGID), self); err != nil {
+		return nil, "", false, err
 	}
-	ps.waitSaved()
 
 	if name != "" {
 		if err := m.checkNameFree(id, name); err != nil {
-			ps.busy.Store(false)
+			ps.release()
 			return nil, "", false, err
 		}
 	}
 
 	op, err := m.begin(id)
 	if err != nil {
-		ps.busy.Store(false)
+		ps.release()
 		return nil, "", false, err
 	}
-	return op, name, creds.TGID == id.PID, nil
+	return op, name, self, nil
 }
 
 // finishCapture waits for the freeze, reads the process, thaws it and saves
-// the image. It releases ps.busy at the thaw and records the outcome.
+// the image. It releases the process once the snapshot is durable or the
+// capture failed, and records the outcome.
 func (m *mountState) finishCapture(op *engine.Op, ps *procState, rec opRecord, id snapshot.ProcessID) error {
-	img, err := op.Capture()
-	op.Close()
+	defer ps.release()
+	defer op.Close()
+
+	save, err := m.captureFrozen(op, rec, id)
 	if err != nil {
-		defer ps.busy.Store(false)
+		// Closing the op first lets a process killed while traced be reaped,
+		// so that explain sees it gone.
+		op.Close()
 		return m.failed(ps, rec, id, m.explain(id, "capture", err))
 	}
 
-	saved := ps.startSave()
-	defer saved()
-	ps.busy.Store(false)
-
-	info, err := m.store.Save(img, rec.Snapshot)
+	ps.startSaving()
+	info, err := save(rec.Snapshot)
 	if err != nil {
 		return m.failed(ps, rec, id, fmt.Errorf("save snapshot of pid %d: %w", id.PID, err))
 	}
@@ -175,6 +100,34 @@ func (m *mountState) finishCapture(op *engine.Op, ps *procState, rec opRecord, i
 	m.log.Info("captured", "pid", id.PID, "snapshot", info.Name, "frozen", info.Frozen,
 		"bytes", info.Bytes, "stored", info.Stored, "duration", rec.Duration)
 	return nil
+}
+
+// captureFrozen captures the frozen process and returns the function that
+// saves the capture under a name. Memory is read after the thaw from a
+// copy-on-write clone, which the save then kills and reaps inside the
+// process, freezing it once more. A process capturing itself may by then
+// be waiting in this daemon for the save (a second capture), where it
+// cannot stop, so its memory is copied while frozen instead.
+func (m *mountState) captureFrozen(op *engine.Op, rec opRecord, id snapshot.ProcessID) (func(string) (*snapshot.Info, error), error) {
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d", id.PID, rec.CallerPID)); rec.CallerPID != 0 && err == nil {
+		img, err := op.Capture()
+		if err != nil {
+			return nil, err
+		}
+		return func(name string) (*snapshot.Info, error) { return m.store.Save(img, name) }, nil
+	}
+
+	img, mem, err := op.CaptureCOW()
+	if err != nil {
+		return nil, err
+	}
+	return func(name string) (*snapshot.Info, error) {
+		info, err := m.store.SaveFrom(img, name, mem)
+		if closeErr := mem.Close(); closeErr != nil {
+			m.log.Warn("ending the copy-on-write clone failed", "pid", id.PID, "err", closeErr)
+		}
+		return info, err
+	}, nil
 }
 
 // restore runs the restore that a write of data to the restore file of
@@ -193,18 +146,19 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 		return m.failed(ps, rec, id, err)
 	}
 	rec.Snapshot = snap.Info.Name
+	rec.Running = true
+	ps.record(rec)
 
 	if self {
-		rec.Running = true
-		ps.record(rec)
 		go m.finishRestore(op, snap, parts, ps, rec, id)
 		return nil
 	}
 	return m.finishRestore(op, snap, parts, ps, rec, id)
 }
 
-// beginRestore checks a restore request, loads the snapshot and freezes the
-// process. On success the caller owns ps.busy, the op and the snapshot.
+// beginRestore checks a restore request, acquires the process, loads the
+// snapshot and freezes the process. On success the caller owns the
+// process (ps.acquire), the op and the snapshot.
 func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, request string, ps *procState) (*engine.Op, *snapshot.Snapshot, []string, bool, error) {
 	name, parts, err := parseRestoreRequest(request)
 	if err != nil {
@@ -214,35 +168,52 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 	if err != nil {
 		return nil, nil, nil, false, err
 	}
-	if !ps.busy.CompareAndSwap(false, true) {
-		return nil, nil, nil, false, fmt.Errorf("pid %d: another capture or restore is in progress: %w", id.PID, unix.EBUSY)
+	self := creds.TGID == id.PID
+	if err := ps.acquire(id.PID, "restore", uint32(creds.TGID), self); err != nil {
+		return nil, nil, nil, false, err
 	}
-	ps.waitSaved()
 
-	snap, err := m.store.Load(id, name)
+	snap, err := m.loadRestorable(creds, id, name)
 	if err != nil {
-		ps.busy.Store(false)
-		return nil, nil, nil, false, fmt.Errorf("load snapshot %s of pid %d: %w", name, id.PID, err)
-	}
-	if err := mayUseSnapshot(creds, snap.Info.UID); err != nil {
-		m.closeSnapshot(snap)
-		ps.busy.Store(false)
+		ps.release()
 		return nil, nil, nil, false, err
 	}
 
 	op, err := m.begin(id)
 	if err != nil {
 		m.closeSnapshot(snap)
-		ps.busy.Store(false)
+		ps.release()
 		return nil, nil, nil, false, err
 	}
-	return op, snap, parts, creds.TGID == id.PID, nil
+	return op, snap, parts, self, nil
+}
+
+// loadRestorable loads snapshot name of process id and checks that the
+// caller may use it and that the live process can be rolled back to it.
+func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name string) (*snapshot.Snapshot, error) {
+	snap, err := m.store.Load(id, name)
+	if err != nil {
+		return nil, fmt.Errorf("load snapshot %s of pid %d: %w", name, id.PID, err)
+	}
+	if err := mayUseSnapshot(creds, snap.Info.UID); err != nil {
+		m.closeSnapshot(snap)
+		return nil, err
+	}
+
+	// NOTE: this check runs before the freeze, so an execve or setuid
+	// between it and the freeze goes unseen here; the engine's own checks
+	// under the freeze catch only an execve of another executable.
+	if err := engine.CheckUnchanged(id.PID, snap.Image); err != nil {
+		m.closeSnapshot(snap)
+		return nil, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
+	}
+	return snap, nil
 }
 
 // finishRestore waits for the freeze, rolls the process back and thaws it.
-// It releases ps.busy and the snapshot and records the outcome.
+// It releases the process and the snapshot and records the outcome.
 func (m *mountState) finishRestore(op *engine.Op, snap *snapshot.Snapshot, parts []string, ps *procState, rec opRecord, id snapshot.ProcessID) error {
-	defer ps.busy.Store(false)
+	defer ps.release()
 	defer m.closeSnapshot(snap)
 
 	report, err := op.Restore(snap.Image, snap, parts)
@@ -349,7 +320,7 @@ func (m *mountState) failed(ps *procState, rec opRecord, id snapshot.ProcessID, 
 
 	errno := errnoOf(err)
 	m.log.Error(rec.Kind+" failed", "pid", id.PID, "snapshot", rec.Snapshot,
-		"errno", unix.ErrnoName(errno), "err", err)
+		"errno", errnoName(errno), "err", err)
 	return err
 }
 

@@ -63,11 +63,9 @@ func (d *procDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	d.state.debug(ctx, "lookup", "pid", d.id.PID, "name", name)
 	caller, _ := fuse.FromContext(ctx)
 	if _, err := d.state.authorize(caller, d.id); err != nil {
-		return nil, lookupErrno(err)
+		return nil, d.refused(caller, name, err)
 	}
 
-	// TODO: the autosave control file ("INTERVAL [keep=N]" or "off") is not
-	// implemented, so a lookup of "autosave" fails with ENOENT.
 	switch name {
 	case "capture":
 		return d.lookupControl(ctx, out, ctlCapture, slotCapture), 0
@@ -75,19 +73,32 @@ func (d *procDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		return d.lookupControl(ctx, out, ctlRestore, slotRestore), 0
 	case "status":
 		return d.lookupControl(ctx, out, ctlStatus, slotStatus), 0
+	case "autosave":
+		return d.lookupAutosave(ctx, out), 0
 	case "latest":
 		return d.lookupLatest(ctx, out)
 	}
 	return d.lookupSnapshot(ctx, name, out)
 }
 
+// lookupControl returns the node of a control file. While a capture or
+// restore of the process runs, every lookup gets a new node, which the
+// kernel sees as a new inode. The kernel holds an inode's lock for the
+// whole of a write to it (and an open with O_TRUNC waits for that lock),
+// so a second writer of the same inode would wait in the kernel until the
+// first write returned instead of getting EBUSY. A target frozen while it
+// waits for that lock could not even reach its ptrace stop.
 func (d *procDir) lookupControl(ctx context.Context, out *fuse.EntryOut, kind controlKind, slot int) *gofs.Inode {
 	file := &controlFile{state: d.state, id: d.id, kind: kind}
 	file.fillAttr(&out.Attr)
-	if child := d.GetChild(kind.String()); child != nil {
+
+	gen := d.id.StartTime
+	if d.state.proc(d.id).busy() {
+		gen = d.state.controlGen.Add(1)
+	} else if child := d.GetChild(kind.String()); child != nil {
 		return child
 	}
-	stable := gofs.StableAttr{Mode: syscall.S_IFREG, Ino: procIno(d.id.PID, slot), Gen: d.id.StartTime}
+	stable := gofs.StableAttr{Mode: syscall.S_IFREG, Ino: procIno(d.id.PID, slot), Gen: gen}
 	return d.NewInode(ctx, file, stable)
 }
 
@@ -132,7 +143,7 @@ func (d *procDir) lookupSnapshot(ctx context.Context, name string, out *fuse.Ent
 
 	snap, err := d.state.store.Load(d.id, name)
 	if err != nil {
-		d.state.log.Error("load snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", unix.ErrnoName(errnoOf(err)), "err", err)
+		d.state.log.Error("load snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", errnoName(errnoOf(err)), "err", err)
 		return nil, errnoOf(err)
 	}
 	dir := newSnapDir(d.state, snap)
@@ -161,7 +172,7 @@ func (d *procDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	d.state.debug(ctx, "readdir", "pid", d.id.PID)
 	caller, _ := fuse.FromContext(ctx)
 	if _, err := d.state.authorize(caller, d.id); err != nil {
-		return nil, lookupErrno(err)
+		return nil, d.refused(caller, ".", err)
 	}
 	infos, err := d.state.store.Snapshots(d.id)
 	if err != nil {
@@ -172,6 +183,7 @@ func (d *procDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		{Name: "capture", Mode: syscall.S_IFREG, Ino: procIno(d.id.PID, slotCapture)},
 		{Name: "restore", Mode: syscall.S_IFREG, Ino: procIno(d.id.PID, slotRestore)},
 		{Name: "status", Mode: syscall.S_IFREG, Ino: procIno(d.id.PID, slotStatus)},
+		autosaveEntry(d.id.PID),
 	}
 	if len(infos) > 0 {
 		entries = append(entries, fuse.DirEntry{Name: "latest", Mode: syscall.S_IFLNK, Ino: procIno(d.id.PID, slotLatest)})
@@ -189,7 +201,7 @@ func (d *procDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	caller, _ := fuse.FromContext(ctx)
 	err := d.remove(caller, name)
 	if err != nil {
-		d.state.log.Error("remove snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", unix.ErrnoName(errnoOf(err)), "err", err)
+		d.state.log.Error("remove snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", errnoName(errnoOf(err)), "err", err)
 		return errnoOf(err)
 	}
 	d.state.log.Info("removed snapshot", "pid", d.id.PID, "snapshot", name)
@@ -222,6 +234,16 @@ func (d *procDir) remove(caller *fuse.Caller, name string) error {
 		return fmt.Errorf("remove snapshot %s of pid %d: %w", name, d.id.PID, err)
 	}
 	return nil
+}
+
+// refused returns the errno of a failed access check to name inside the
+// directory and logs the reason, unless the process is simply gone.
+func (d *procDir) refused(caller *fuse.Caller, name string, err error) syscall.Errno {
+	errno := lookupErrno(err)
+	if errno != syscall.ENOENT {
+		d.state.logRefused(caller, d.id.PID, name, errno, err)
+	}
+	return errno
 }
 
 // lookupErrno is the errno of a failed access check inside a process

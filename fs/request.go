@@ -125,7 +125,7 @@ func (r *opRecord) render() []byte {
 		b.WriteString("result: running\n")
 		return []byte(b.String())
 	case r.Err != nil:
-		fmt.Fprintf(&b, "result: failed: %s: %s\n", unix.ErrnoName(errnoOf(r.Err)), r.Err)
+		fmt.Fprintf(&b, "result: failed: %s: %s\n", errnoName(errnoOf(r.Err)), r.Err)
 	default:
 		b.WriteString("result: ok\n")
 	}

@@ -8,7 +8,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/engine"
 	"github.com/ckptfs/ckptfs/snapshot"
@@ -98,7 +97,10 @@ func (r *rootDir) lookupSelf(ctx context.Context, out *fuse.EntryOut) *gofs.Inod
 	return r.NewInode(ctx, link, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: selfIno})
 }
 
-// Readdir lists "self" and the processes the caller may ptrace. It also
+// Readdir lists "self" and the processes the caller may ptrace and capture.
+// It leaves out kernel threads, which have no directory, and the daemon
+// itself and zombies, whose directories a lookup still finds so that a
+// capture of them fails with the reason. It also
 // invalidates the kernel's entries of processes that are gone, from its
 // own goroutine because a notification sent from inside a request handler
 // can deadlock.
@@ -113,19 +115,20 @@ func (r *rootDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	pids, err := listPIDs()
 	if err != nil {
 		errno := errnoOf(err)
-		r.state.log.Error("list processes failed", "errno", unix.ErrnoName(errno), "err", err)
+		r.state.log.Error("list processes failed", "errno", errnoName(errno), "err", err)
 		return nil, errno
 	}
 
 	entries := []fuse.DirEntry{{Name: "self", Mode: syscall.S_IFLNK, Ino: selfIno}}
 	live := map[int]bool{}
+	daemon := os.Getpid()
 	for _, pid := range pids {
 		st, err := engine.ReadStatus(pid)
 		if err != nil || st.Kthread || st.Tgid != pid {
 			continue
 		}
 		live[pid] = true
-		if r.state.mayPtrace(creds, pid, st) == nil {
+		if pid != daemon && st.State != 'Z' && st.State != 'X' && r.state.mayPtrace(creds, pid, st) == nil {
 			entries = append(entries, fuse.DirEntry{Name: strconv.Itoa(pid), Mode: syscall.S_IFDIR, Ino: procIno(pid, slotDir)})
 		}
 	}

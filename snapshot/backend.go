@@ -12,8 +12,9 @@ import (
 // every backend keeps is in the package documentation, under Backends.
 type backend interface {
 	// saveImage commits img as snapshot name of its process, or as the
-	// next snap-N when name is "". img and name are already checked.
-	saveImage(img *Image, name string) (*Info, error)
+	// next snap-N when name is "", reading its memory from src. img and
+	// name are already checked.
+	saveImage(img *Image, name string, src MemorySource) (*Info, error)
 
 	// listSnapshots returns the committed snapshots of every process, or
 	// of the processes with that pid when pid is not 0, in any order.

@@ -78,7 +78,7 @@ var testBackends = []testBackend{
 		},
 		crash: func(t *testing.T, s *Store, img *Image) {
 			b := s3Of(t, s)
-			if _, err := b.upload(b.processPrefix(img.Process), newUploadID(), img); err != nil {
+			if _, err := b.upload(b.processPrefix(img.Process), newUploadID(), img, runData{img}); err != nil {
 				t.Fatalf("upload: %v", err)
 			}
 		},

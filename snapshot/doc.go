@@ -47,7 +47,11 @@
 //
 // Save builds a snapshot in a new .tmp-* directory of the store, on the same
 // filesystem as its destination: image.json, maps, memory (compressed on
-// GOMAXPROCS workers) and index, each synced. It then locks the process
+// GOMAXPROCS workers) and index, each synced. SaveFrom does the same for
+// an image whose memory comes from a MemorySource; either way the workers
+// read at most 512 KiB of runs at a time, so a save holds a few frames of
+// memory whatever the size of the image. Inside a frame, the pages that
+// look incompressible follow the others, which keeps zstd fast on a mix. It then locks the process
 // directory, picks the name, writes and syncs the manifest, syncs the work
 // directory, renames it to <pid>-<starttime>/<name>, and syncs the process
 // directory and the store. A crash before the rename leaves only a .tmp-*

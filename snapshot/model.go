@@ -28,13 +28,19 @@ type Credentials struct {
 // the image is in the daemon's memory and in the store's frames once it is
 // saved.
 type Image struct {
-	Process  ProcessID   `json:"process"`
-	Creds    Credentials `json:"creds"`
-	Comm     string      `json:"comm"`
-	Exe      string      `json:"exe"`
-	ExeDev   uint64      `json:"exe_dev"`
-	ExeIno   uint64      `json:"exe_ino"`
-	Captured time.Time   `json:"captured"`
+	Process ProcessID   `json:"process"`
+	Creds   Credentials `json:"creds"`
+	Comm    string      `json:"comm"`
+	Exe     string      `json:"exe"`
+	ExeDev  uint64      `json:"exe_dev"`
+	ExeIno  uint64      `json:"exe_ino"`
+
+	// ExecID is the hex of the 16 bytes the kernel put at AT_RANDOM when
+	// the process last called execve; it changes with every execve. Empty
+	// in snapshots that lack it.
+	ExecID string `json:"exec_id,omitempty"`
+
+	Captured time.Time `json:"captured"`
 
 	// Frozen is how long the process was stopped for this capture.
 	Frozen time.Duration `json:"frozen"`

@@ -26,7 +26,7 @@ var errNoReply = errors.New("no reply from the server")
 
 // saveImage uploads the data objects of the snapshot under a new upload id,
 // then creates its manifest object, which commits it.
-func (s *s3Store) saveImage(img *Image, name string) (*Info, error) {
+func (s *s3Store) saveImage(img *Image, name string, src MemorySource) (*Info, error) {
 	proc := s.processPrefix(img.Process)
 	if name != "" {
 		// Fail before compressing anything when the name is already
@@ -37,7 +37,7 @@ func (s *s3Store) saveImage(img *Image, name string) (*Info, error) {
 	}
 
 	id := newUploadID()
-	files, err := s.upload(proc, id, img)
+	files, err := s.upload(proc, id, img, src)
 	if err != nil {
 		s.deleteData(proc, id)
 		return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
@@ -75,7 +75,7 @@ func (s *s3Store) checkFree(proc, name string) error {
 
 // upload puts every object of a snapshot except the manifest and returns
 // their manifest entries in manifest order.
-func (s *s3Store) upload(proc, id string, img *Image) ([]fileEntry, error) {
+func (s *s3Store) upload(proc, id string, img *Image, src MemorySource) ([]fileEntry, error) {
 	meta, err := json.Marshal(img)
 	if err != nil {
 		return nil, fmt.Errorf("encode image metadata: %w", err)
@@ -89,7 +89,7 @@ func (s *s3Store) upload(proc, id string, img *Image) ([]fileEntry, error) {
 		return nil, err
 	}
 
-	memoryEntry, x, err := s.uploadMemory(proc, id, img)
+	memoryEntry, x, err := s.uploadMemory(proc, id, img, src)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (s *s3Store) putData(proc, id, file string, data []byte) (fileEntry, error)
 // it, so that the client knows its size and can retry or split it in
 // parts. The spool is unlinked at once and disappears with its descriptor,
 // even when this program is killed.
-func (s *s3Store) uploadMemory(proc, id string, img *Image) (fileEntry, *index, error) {
+func (s *s3Store) uploadMemory(proc, id string, img *Image, src MemorySource) (fileEntry, *index, error) {
 	spool, err := os.CreateTemp("", "ckptfs-memory-*")
 	if err != nil {
 		return fileEntry{}, nil, fmt.Errorf("create spool file for memory: %w", err)
@@ -126,7 +126,7 @@ func (s *s3Store) uploadMemory(proc, id string, img *Image) (fileEntry, *index, 
 	}
 
 	out := newHashWriter(memoryFile, spool)
-	x, err := encodeMemory(&out, img)
+	x, err := encodeMemory(&out, img, src)
 	if err != nil {
 		return fileEntry{}, nil, fmt.Errorf("spool memory to %s: %w", spool.Name(), err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,27 +23,10 @@ func (s *Store) Save(img *Image, name string) (*Info, error) {
 	if img == nil {
 		return nil, fmt.Errorf("save snapshot: no image: %w", unix.EINVAL)
 	}
-	if name != "" {
-		if err := ValidName(name); err != nil {
-			return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
-		}
-	}
-	if err := checkImage(img, true); err != nil {
-		return nil, fmt.Errorf("save snapshot of process %d: malformed image: %v: %w", img.Process.PID, err, unix.EINVAL)
-	}
-
-	start := time.Now()
-	info, err := s.backend.saveImage(img, name)
-	if err != nil {
-		return nil, err
-	}
-
-	s.log.Debug("snapshot saved", "pid", info.Process.PID, "snapshot", info.Name,
-		"bytes", info.Bytes, "stored", info.Stored, "took", time.Since(start))
-	return info, nil
+	return s.save(img, name, runData{img}, true)
 }
 
-func (s *dirStore) saveImage(img *Image, name string) (*Info, error) {
+func (s *dirStore) saveImage(img *Image, name string, src MemorySource) (*Info, error) {
 	// Fail before compressing anything when the name is already taken; the
 	// check is repeated under the lock at commit.
 	if name != "" {
@@ -57,7 +39,7 @@ func (s *dirStore) saveImage(img *Image, name string) (*Info, error) {
 	if err != nil {
 		return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
 	}
-	info, err := s.save(tmp, img, name)
+	info, err := s.saveIn(tmp, img, name, src)
 	if err != nil {
 		s.discard(tmp)
 		return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
@@ -89,10 +71,10 @@ func checkFreeIn(dir, name string) error {
 	return nil
 }
 
-// save writes the data files into tmp, then commits them under the lock of
-// the process directory.
-func (s *dirStore) save(tmp *lockedDir, img *Image, name string) (*Info, error) {
-	files, err := writeData(tmp.path, img)
+// saveIn writes the data files into tmp, then commits them under the lock
+// of the process directory.
+func (s *dirStore) saveIn(tmp *lockedDir, img *Image, name string, src MemorySource) (*Info, error) {
+	files, err := writeDataFrom(tmp.path, img, src)
 	if err != nil {
 		return nil, err
 	}
@@ -112,9 +94,14 @@ func (s *dirStore) save(tmp *lockedDir, img *Image, name string) (*Info, error) 
 	return info, err
 }
 
-// writeData writes every file of a snapshot except the manifest and returns
-// their manifest entries in manifest order.
+// writeData writes every file of a snapshot whose runs carry their bytes,
+// except the manifest, and returns their manifest entries in manifest order.
 func writeData(dir string, img *Image) ([]fileEntry, error) {
+	return writeDataFrom(dir, img, runData{img})
+}
+
+// writeDataFrom is writeData for memory read from src.
+func writeDataFrom(dir string, img *Image, src MemorySource) ([]fileEntry, error) {
 	meta, err := json.Marshal(img)
 	if err != nil {
 		return nil, fmt.Errorf("encode image metadata: %w", err)
@@ -128,7 +115,7 @@ func writeData(dir string, img *Image) ([]fileEntry, error) {
 		return nil, err
 	}
 
-	memoryEntry, x, err := writeMemory(dir, img)
+	memoryEntry, x, err := writeMemory(dir, img, src)
 	if err != nil {
 		return nil, err
 	}

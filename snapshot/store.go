@@ -41,10 +41,11 @@ type dirStore struct {
 // Compile-time check that a directory is a backend.
 var _ backend = (*dirStore)(nil)
 
-// Open opens the store in dir, creating it with mode 0700 when missing. A
-// directory owned by another user, or one that other users can access,
-// gives an error wrapping unix.EPERM: Open never changes the mode of a
-// directory it did not create. Open deletes the
+// Open opens the store in dir, creating it with mode 0700 when missing and
+// narrowing an empty directory to 0700. A directory owned by another user,
+// or a non-empty one that other users can access, gives an error wrapping
+// unix.EPERM: Open never changes the mode of a directory that holds
+// anything, such as /tmp. Open deletes the
 // leftovers of saves and removals that never finished (.tmp-* directories
 // no other Store holds locked), logging each at Warn. A nil log discards
 // messages.
@@ -73,9 +74,8 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 	if err := checkOwner(abs, info); err != nil {
 		return nil, err
 	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("open store %s: other users have access (mode %#o); use a directory of its own or chmod 0700 it: %w",
-			abs, perm, unix.EPERM)
+	if err := makePrivate(abs, info.Mode().Perm()); err != nil {
+		return nil, err
 	}
 
 	d := &dirStore{dir: abs, warnings: newWarnings(log)}
@@ -83,6 +83,26 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	return &Store{backend: d, log: log, dirStore: d}, nil
+}
+
+// makePrivate gives the store directory at path mode 0700 when it is empty
+// and rejects it when it holds files that other users can reach.
+func makePrivate(path string, perm os.FileMode) error {
+	if perm&0o077 == 0 {
+		return nil
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return fmt.Errorf("open store %s: %w", path, err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("open store %s: other users have access (mode %#o) and it is not empty; use a directory of its own or chmod 0700 it: %w",
+			path, perm, unix.EPERM)
+	}
+	if err := os.Chmod(path, 0o700); err != nil {
+		return fmt.Errorf("set mode of store %s: %w", path, err)
+	}
+	return nil
 }
 
 // checkOwner rejects a store directory owned by another user, who could

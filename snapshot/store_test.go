@@ -448,6 +448,18 @@ func TestOpenCreatesPrivateStore(t *testing.T) {
 		t.Errorf("store mode = %v, want 0700", info.Mode().Perm())
 	}
 
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.Mkdir(empty, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	openStoreAt(t, empty)
+	if info, _ := os.Stat(empty); info.Mode().Perm() != 0o700 {
+		t.Errorf("mode of an empty directory opened as a store = %v, want 0700", info.Mode().Perm())
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "kept"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatalf("chmod: %v", err)
 	}

@@ -41,15 +41,16 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
-		PersistentPreRunE: func(*cobra.Command, []string) error { return a.setupLogger() },
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return a.setupLogger(cmd) },
 		RunE: func(*cobra.Command, []string) error {
 			return fmt.Errorf("missing command: use one of mount, capture, restore, list, rm, version")
 		},
 	}
 
 	flags := root.PersistentFlags()
-	flags.StringVar(&a.logLevel, "log-level", "info",
-		"lowest level of log messages written to stderr: debug (with mount, also every FUSE request), info, warn or error")
+	flags.StringVar(&a.logLevel, "log-level", "",
+		"lowest level of log messages written to stderr: debug (with mount, also every FUSE request), info, warn or error; "+
+			"the default is info for mount and warn for the other commands, whose result is on stdout")
 	flags.BoolVar(&a.logJSON, "log-json", false,
 		"write log messages to stderr as one JSON object a line instead of text")
 
@@ -70,11 +71,12 @@ func (a *app) addStoreFlag(cmd *cobra.Command) {
 			"and AWS_SECRET_ACCESS_KEY; CKPTFS_STORE sets the default")
 }
 
-// openStore opens the store named by --store.
+// openStore opens the store named by --store. Its errors name the store
+// already, and come with a hint about the store rather than the process.
 func (a *app) openStore() (*snapshot.Store, error) {
 	store, err := snapshot.OpenURL(a.storeDir, a.log)
 	if err != nil {
-		return nil, fmt.Errorf("open snapshot store %s: %w", a.storeDir, err)
+		return nil, &failure{err: err, hint: storeHint(a.storeDir, err, os.Geteuid())}
 	}
 	return store, nil
 }

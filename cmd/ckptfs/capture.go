@@ -1,11 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/engine"
 	"github.com/ckptfs/ckptfs/snapshot"
@@ -47,8 +49,9 @@ func (a *app) captureCommand() *cobra.Command {
 
 // checkUserName checks a snapshot name given on the command line.
 func checkUserName(name string) error {
+	// ValidName's errors start with "invalid snapshot name" and the name.
 	if err := snapshot.ValidName(name); err != nil {
-		return fmt.Errorf("invalid snapshot name %q: %w", name, err)
+		return err
 	}
 	if strings.HasPrefix(name, autoPrefix) {
 		return fmt.Errorf("invalid snapshot name %q: names starting with %q are reserved for autosave", name, autoPrefix)
@@ -64,24 +67,52 @@ func (a *app) capture(pid int, name string) error {
 
 	store, err := a.openStore()
 	if err != nil {
-		return t.fail(err)
+		return err
 	}
 
 	stop := startProgress(a.stderr, fmt.Sprintf("capturing pid %d", pid))
-	img, err := engine.Capture(pid, a.log)
+	img, mem, err := a.captureImage(t)
 	if err != nil {
 		stop()
-		return t.fail(err)
+		return err
 	}
 
-	info, err := store.Save(img, name)
+	info, err := store.SaveFrom(img, name, mem)
+	if closeErr := mem.Close(); closeErr != nil {
+		a.log.Warn("release the copy-on-write clone", "pid", pid, "err", closeErr)
+	}
 	stop()
 	if err != nil {
-		return t.fail(fmt.Errorf("save to %s: %w", store.Dir(), err))
+		// Save's errors name the process but not the snapshot, except the
+		// one of a taken name, which names the snapshot and its directory.
+		if name != "" && !errors.Is(err, unix.EEXIST) {
+			err = fmt.Errorf("snapshot %q: %w", name, err)
+		}
+		return t.fail(err)
 	}
 
 	a.log.Info("captured", "pid", pid, "snapshot", info.Name, "frozen", info.Frozen,
 		"bytes", info.Bytes, "stored", info.Stored, "duration", time.Since(start))
 	fmt.Fprintln(a.stdout, info.Name)
 	return nil
+}
+
+// captureImage freezes and captures process t.pid, returning its memory as
+// a copy-on-write clone to read after the thaw; closing it ends the op. It
+// calls engine.Begin and Op.CaptureCOW itself rather than
+// engine.CaptureCOW because Begin's errors, such as a missing
+// /proc/PID/status, lack the operation, which the capture's own errors
+// start with.
+func (a *app) captureImage(t target) (*snapshot.Image, *engine.COWMemory, error) {
+	op, err := engine.Begin(t.pid, a.log)
+	if err != nil {
+		return nil, nil, t.wrap(err)
+	}
+
+	img, mem, err := op.CaptureCOW()
+	if err != nil {
+		op.Close()
+		return nil, nil, t.fail(err)
+	}
+	return img, mem, nil
 }

@@ -66,7 +66,7 @@ func (a *app) list(pid int, asJSON bool) error {
 	t := target{op: "list", pid: pid, store: a.storeDir}
 	store, err := a.openStore()
 	if err != nil {
-		return t.fail(err)
+		return err
 	}
 	infos, err := store.List(pid)
 	if err != nil {

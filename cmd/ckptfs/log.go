@@ -8,12 +8,17 @@ import (
 	"strings"
 
 	"github.com/lmittmann/tint"
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
 
-// setupLogger builds a.log from --log-level and --log-json: JSON lines with
-// --log-json, otherwise tint's text, colored when stderr is a terminal.
-func (a *app) setupLogger() error {
+// setupLogger builds a.log for cmd from --log-level and --log-json: JSON
+// lines with --log-json, otherwise tint's text, colored when stderr is a
+// terminal.
+func (a *app) setupLogger(cmd *cobra.Command) error {
+	if a.logLevel == "" {
+		a.logLevel = defaultLogLevel(cmd)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(a.logLevel)); err != nil || !knownLevel(a.logLevel) {
 		return fmt.Errorf("invalid --log-level %q: expected debug, info, warn or error", a.logLevel)
@@ -29,6 +34,16 @@ func (a *app) setupLogger() error {
 		NoColor:    !isTerminal(a.stderr),
 	}))
 	return nil
+}
+
+// defaultLogLevel returns the level used without --log-level: info for the
+// mount, which runs as a service and logs each operation, and warn for the
+// one-shot commands, whose result line on stdout says what they did.
+func defaultLogLevel(cmd *cobra.Command) string {
+	if cmd.Name() == "mount" {
+		return "info"
+	}
+	return "warn"
 }
 
 // knownLevel reports whether name is one of the four documented levels;

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // Exit statuses of the command.
@@ -48,7 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	var f *failure
 	if errors.As(err, &f) {
-		fmt.Fprintf(stderr, "ckptfs: %v\n", f.err)
+		// Some errors, such as go-fuse's about fusermount, end in a newline.
+		fmt.Fprintf(stderr, "ckptfs: %s\n", strings.TrimSpace(f.err.Error()))
 		if f.hint != "" {
 			fmt.Fprintf(stderr, "ckptfs: %s\n", f.hint)
 		}

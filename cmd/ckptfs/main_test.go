@@ -79,6 +79,14 @@ func needRoot(t *testing.T) {
 	}
 }
 
+// newStore returns the path of a store directory that does not exist yet,
+// so that ckptfs creates it with mode 0700; a store that other users can
+// access is rejected.
+func newStore(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(t.TempDir(), "store")
+}
+
 // startCounter starts the cli_counter target and waits until it runs.
 func startCounter(t *testing.T) *testproc.Proc {
 	t.Helper()

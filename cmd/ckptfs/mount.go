@@ -39,19 +39,15 @@ func (a *app) mountCommand() *cobra.Command {
 
 // mount serves the tree at mountpoint until it is unmounted.
 func (a *app) mount(mountpoint string) error {
-	fail := func(err error) error {
-		return &failure{
-			err:  fmt.Errorf("mount at %s failed: %w", mountpoint, err),
-			hint: mountHint(mountpoint, err),
-		}
-	}
-
 	if err := os.MkdirAll(mountpoint, 0o755); err != nil {
-		return fail(fmt.Errorf("create mountpoint: %w", err))
+		return &failure{
+			err:  fmt.Errorf("create mountpoint %s: %w", mountpoint, err),
+			hint: "create the directory yourself, or choose a mountpoint where this user may create one",
+		}
 	}
 	store, err := a.openStore()
 	if err != nil {
-		return fail(err)
+		return err
 	}
 
 	// Register for signals before mounting so that a signal sent right after
@@ -60,14 +56,15 @@ func (a *app) mount(mountpoint string) error {
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
 
+	// fs.Mount's errors name the mountpoint.
 	srv, err := fs.Mount(mountpoint, fs.Config{Store: store, Logger: a.log, Debug: a.logLevel == "debug"})
 	if err != nil {
-		return fail(err)
+		return &failure{err: err, hint: mountHint(mountpoint, err, os.Geteuid())}
 	}
 
 	// fs logs "mounted", and "unmounted" when Unmount succeeds.
 	if err := a.serve(srv, mountpoint, signals); err != nil {
-		return fail(err)
+		return &failure{err: fmt.Errorf("serve %s: %w", mountpoint, err)}
 	}
 	return nil
 }
@@ -101,17 +98,22 @@ func (a *app) serve(srv *fs.Server, mountpoint string, signals chan os.Signal) e
 	}
 }
 
-// mountHint returns the advice printed under the error message of a failed
-// mount at mountpoint.
-func mountHint(mountpoint string, err error) string {
+// mountHint returns the advice printed under an error of fs.Mount at
+// mountpoint, for a program running with effective uid euid.
+func mountHint(mountpoint string, err error, euid int) string {
 	switch {
 	case errors.Is(err, unix.ENOTCONN):
 		return fmt.Sprintf("an earlier ckptfs mount at %s has died; run 'umount -l %s' and try again",
 			mountpoint, mountpoint)
 	case errors.Is(err, unix.EBUSY):
 		return fmt.Sprintf("something is mounted at %s already; unmount it or choose another mountpoint", mountpoint)
+	case euid != 0:
+		// An ordinary user mounts through fusermount3, whose failures
+		// (such as "fusermount exited with code 256") carry no errno.
+		return "/dev/fuse or fusermount3 is not usable by this user; run as root, or install fuse3 " +
+			"(which provides fusermount3) and check that /dev/fuse is readable and writable by this user"
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
-		return "run as root, or install fuse3 so that fusermount3 can mount for an ordinary user"
+		return "run as root with CAP_SYS_ADMIN, outside a container that forbids mounts"
 	default:
 		return "run it again with --log-level debug to see each step"
 	}

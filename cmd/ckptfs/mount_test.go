@@ -35,7 +35,7 @@ type mountProc struct {
 func startMount(t *testing.T) *mountProc {
 	t.Helper()
 	mountpoint := filepath.Join(t.TempDir(), "ckpt")
-	cmd := exec.Command(binary, "mount", "--log-json", "--store", t.TempDir(), mountpoint)
+	cmd := exec.Command(binary, "mount", "--log-json", "--store", newStore(t), mountpoint)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatalf("stderr pipe of ckptfs mount: %v", err)

@@ -30,7 +30,12 @@ func (a *app) restoreCommand() *cobra.Command {
 			"command prints what it left alone. A snapshot is restored only onto the process\n" +
 			"it was taken from (same PID and start time), never onto a later process that\n" +
 			"reuses the PID.",
-		Args: argsWithPID(2, -1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := argsWithPID(2, -1)(cmd, args); err != nil {
+				return err
+			}
+			return checkParts(args[2:])
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.restore(mustPID(args), args[1], args[2:])
 		},
@@ -47,7 +52,7 @@ func (a *app) restore(pid int, name string, parts []string) error {
 
 	store, err := a.openStore()
 	if err != nil {
-		return t.fail(err)
+		return err
 	}
 	snap, err := a.loadForRestore(store, t)
 	if err != nil {
@@ -59,16 +64,38 @@ func (a *app) restore(pid int, name string, parts []string) error {
 		parts = nil
 	}
 	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name))
-	report, err := engine.Restore(pid, snap.Image, snap, parts, a.log)
+	report, err := a.rollBack(t, snap, parts)
 	stop()
 	if err != nil {
-		return t.fail(err)
+		return err
 	}
 
 	a.log.Info("restored", "pid", pid, "snapshot", name, "parts", describeParts(parts),
 		"left_alone", len(report.LeftAlone), "duration", time.Since(start))
 	a.printReport(pid, name, report)
 	return nil
+}
+
+// rollBack freezes process t.pid and restores the parts of snap. It calls
+// engine.Begin and Op.Restore itself rather than engine.Restore because
+// Begin's errors lack the operation, and Op.Restore's name the process but
+// not the snapshot.
+func (a *app) rollBack(t target, snap *snapshot.Snapshot, parts []string) (*engine.RestoreReport, error) {
+	op, err := engine.Begin(t.pid, a.log)
+	if err != nil {
+		return nil, t.wrap(err)
+	}
+	defer op.Close()
+
+	report, err := op.Restore(snap.Image, snap, parts)
+	if err != nil {
+		f := t.fail(fmt.Errorf("snapshot %q: %w", t.snapshot, err))
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			f.hint = refusalHint(t.pid, snap.Image, parts)
+		}
+		return nil, f
+	}
+	return report, nil
 }
 
 // describeParts returns the parts of a restore for the log: "all" for a full
@@ -86,9 +113,10 @@ func describeParts(parts []string) string {
 func (a *app) loadForRestore(store *snapshot.Store, t target) (*snapshot.Snapshot, error) {
 	id, err := engine.Identify(t.pid)
 	if err != nil {
-		return nil, t.fail(err)
+		return nil, t.wrap(err)
 	}
 
+	// Load's errors name the snapshot and the process.
 	snap, err := store.Load(id, t.snapshot)
 	if errors.Is(err, unix.ENOENT) {
 		if other := a.findOtherIncarnation(store, id, t.snapshot); other != nil {
@@ -126,7 +154,7 @@ func (a *app) findOtherIncarnation(store *snapshot.Store, id snapshot.ProcessID,
 // to the process that has the pid now.
 func (t target) identityFailure(earlier snapshot.ProcessID) *failure {
 	return &failure{
-		err: fmt.Errorf("%s failed: the snapshot was taken of an earlier process with pid %d "+
+		err: fmt.Errorf("%s: the snapshot was taken of an earlier process with pid %d "+
 			"(start time %d), and pid %d is now a different process",
 			t, earlier.PID, earlier.StartTime, t.pid),
 		hint: "a snapshot is restored only onto the process it was taken from; " +
@@ -138,7 +166,7 @@ func (t target) identityFailure(earlier snapshot.ProcessID) *failure {
 func (a *app) printReport(pid int, name string, report *engine.RestoreReport) {
 	fmt.Fprintf(a.stdout, "restored pid %d to snapshot %s\n", pid, name)
 	for _, item := range report.LeftAlone {
-		fmt.Fprintf(a.stdout, "left as it is: %s\n", item)
+		fmt.Fprintf(a.stdout, "left alone: %s\n", item)
 	}
 	for _, w := range report.Warnings {
 		fmt.Fprintf(a.stderr, "ckptfs: warning: %s\n", w)

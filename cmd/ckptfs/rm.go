@@ -30,14 +30,15 @@ func (a *app) remove(pid int, name string) error {
 	t := target{op: "rm", pid: pid, snapshot: name, store: a.storeDir}
 	store, err := a.openStore()
 	if err != nil {
-		return t.fail(err)
+		return err
 	}
 
 	owners, err := snapshotOwners(store, pid, name)
 	if err != nil {
-		return t.fail(err)
+		return t.wrap(err)
 	}
 	for _, id := range owners {
+		// Remove's errors name the snapshot and the process.
 		if err := store.Remove(id, name); err != nil {
 			return t.fail(err)
 		}
@@ -48,10 +49,11 @@ func (a *app) remove(pid int, name string) error {
 
 // snapshotOwners returns the processes with pid whose snapshot name rm
 // removes: the live process alone when it has one, else every exited one.
+// Its errors do not name the process or the snapshot.
 func snapshotOwners(store *snapshot.Store, pid int, name string) ([]snapshot.ProcessID, error) {
 	infos, err := store.List(pid)
 	if err != nil {
-		return nil, fmt.Errorf("list snapshots of pid %d: %w", pid, err)
+		return nil, err
 	}
 
 	var owners []snapshot.ProcessID
@@ -65,7 +67,7 @@ func snapshotOwners(store *snapshot.Store, pid int, name string) ([]snapshot.Pro
 		owners = append(owners, info.Process)
 	}
 	if len(owners) == 0 {
-		return nil, fmt.Errorf("no snapshot %q of pid %d in %s: %w", name, pid, store.Dir(), unix.ENOENT)
+		return nil, fmt.Errorf("not found in %s: %w", store.Dir(), unix.ENOENT)
 	}
 	return owners, nil
 }

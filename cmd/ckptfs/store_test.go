@@ -10,7 +10,7 @@ import (
 
 func TestListShowsLiveThenExited(t *testing.T) {
 	needRoot(t)
-	store := t.TempDir()
+	store := newStore(t)
 	p := startCounter(t)
 	pid := strconv.Itoa(p.PID)
 	mustRun(t, "capture", "--store", store, pid, "listed")
@@ -66,7 +66,7 @@ func checkTableRow(t *testing.T, store string, pid int, name, state string) {
 
 func TestRmRemovesSnapshot(t *testing.T) {
 	needRoot(t)
-	store := t.TempDir()
+	store := newStore(t)
 	p := startCounter(t)
 	pid := strconv.Itoa(p.PID)
 	mustRun(t, "capture", "--store", store, pid, "doomed")
@@ -92,7 +92,7 @@ func TestRmRemovesSnapshot(t *testing.T) {
 
 func TestRestoreRollsCounterBack(t *testing.T) {
 	needRoot(t)
-	store := t.TempDir()
+	store := newStore(t)
 	p := startCounter(t)
 	pid := strconv.Itoa(p.PID)
 
@@ -106,8 +106,17 @@ func TestRestoreRollsCounterBack(t *testing.T) {
 	}
 
 	r := mustRun(t, "restore", "--store", store, pid, "early")
-	if !strings.Contains(r.stdout, "restored pid "+pid+" to snapshot early") {
-		t.Errorf("restore printed %q, want it to confirm the rollback", r.stdout)
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if lines[0] != "restored pid "+pid+" to snapshot early" {
+		t.Errorf("restore printed %q first, want it to confirm the rollback", lines[0])
+	}
+	for _, line := range lines[1:] {
+		if !strings.HasPrefix(line, "left alone: ") {
+			t.Errorf("restore printed %q, want each line after the first to start with \"left alone: \"", line)
+		}
+	}
+	if r.stderr != "" {
+		t.Errorf("restore at the default log level wrote to stderr:\n%s", r.stderr)
 	}
 
 	// Counts printed before the restore only grow; the first smaller one
@@ -139,14 +148,17 @@ func TestRestoreUnknownSnapshot(t *testing.T) {
 	p := startCounter(t)
 	pid := strconv.Itoa(p.PID)
 
-	r := ckptfs(t, "restore", "--store", t.TempDir(), pid, "never-taken")
+	r := ckptfs(t, "restore", "--store", newStore(t), pid, "never-taken")
 	if r.code != exitFailed {
 		t.Fatalf("restore of a missing snapshot: exit %d, want %d; stderr:\n%s", r.code, exitFailed, r.stderr)
 	}
-	for _, want := range []string{"pid " + pid, `"never-taken"`, "ckptfs list " + pid} {
+	for _, want := range []string{"process " + pid, "never-taken", "ckptfs list " + pid} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr of the failed restore lacks %q:\n%s", want, r.stderr)
 		}
+	}
+	if n := strings.Count(r.stderr, "load snapshot"); n != 1 {
+		t.Errorf("stderr says \"load snapshot\" %d times, want once:\n%s", n, r.stderr)
 	}
 	if !p.Alive() {
 		t.Errorf("pid %d exited after a failed restore", p.PID)
@@ -155,7 +167,7 @@ func TestRestoreUnknownSnapshot(t *testing.T) {
 
 func TestRestoreOntoRecycledPID(t *testing.T) {
 	needRoot(t)
-	store := t.TempDir()
+	store := newStore(t)
 	old := startCounter(t)
 	pid := strconv.Itoa(old.PID)
 	mustRun(t, "capture", "--store", store, pid, "old")

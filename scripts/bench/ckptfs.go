@@ -99,12 +99,15 @@ func (b *bench) captureSave(st *snapshot.Store, pid int, name string) (*snapshot
 	debug.FreeOSMemory()
 
 	start := time.Now()
-	img, err := engine.Capture(pid, b.log)
+	img, mem, err := engine.CaptureCOW(pid, b.log)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("capture pid %d: %w", pid, err)
 	}
 	captured := time.Since(start)
-	info, err := st.Save(img, name)
+	info, err := st.SaveFrom(img, name, mem)
+	if closeErr := mem.Close(); err == nil && closeErr != nil {
+		err = closeErr
+	}
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("save snapshot %s of pid %d: %w", name, pid, err)
 	}

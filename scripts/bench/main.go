@@ -18,7 +18,13 @@
 //
 // Usage:
 //
-//	go run ./scripts/bench [-sizes 64,256,1024] [-runs 5] [-criu PATH] [-out FILE] [-v]
+//	go run ./scripts/bench [-sizes 64,256,1024] [-runs 5] [-criu PATH] [-s3 gateway|s3://BUCKET/PREFIX] [-out FILE] [-v]
+//
+// With -s3 it also times capture and full rollback with an S3 store, each
+// beside the same operation on a local store in the same run. "gateway"
+// starts a versitygw on a free loopback port for the run; s3://BUCKET/PREFIX
+// uses an existing bucket, reached through CKPTFS_S3_ENDPOINT (or
+// AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 package main
 
 import (
@@ -39,6 +45,7 @@ type options struct {
 	sizes   []int // MiB, ascending
 	runs    int
 	criu    string
+	s3      string
 	out     string
 	verbose bool
 	profile string
@@ -65,6 +72,8 @@ func parseFlags() (*options, error) {
 	sizes := flag.String("sizes", "64,256,1024", "comma-separated memory sizes of the targets, in MiB")
 	flag.IntVar(&opts.runs, "runs", 5, "runs per size; the table prints medians")
 	flag.StringVar(&opts.criu, "criu", "", "path of a criu binary to measure beside ckptfs (default: skip CRIU)")
+	flag.StringVar(&opts.s3, "s3", "", "also time an S3 store: gateway (start versitygw on loopback) or s3://BUCKET/PREFIX "+
+		"(endpoint and credentials from the environment, as for ckptfs)")
 	flag.StringVar(&opts.out, "out", "", "also write the table to this file")
 	flag.BoolVar(&opts.verbose, "v", false, "log the engine and store at debug level")
 	flag.StringVar(&opts.profile, "cpuprofile", "", "write a Go CPU profile of the whole bench to this file")
@@ -122,9 +131,19 @@ func run(opts *options) error {
 		res:    &results{},
 	}
 
+	var s3 *s3Bench
+	if opts.s3 != "" {
+		if s3, err = openS3(b, opts.s3); err != nil {
+			return err
+		}
+	}
+
 	progress("load average at start: %s", loadAverage())
 	for _, mib := range opts.sizes {
 		b.benchSize(mib)
+		if s3 != nil {
+			s3.benchSize(mib)
+		}
 	}
 	b.benchIdle()
 	if opts.criu != "" {

@@ -175,6 +175,9 @@ func (r *results) writeTable(w io.Writer, runs int) error {
 		"- read: cat of a plain file of the same size on the same disk, page cache dropped\n" +
 		"- changed: share of the pages the target rewrote\n" +
 		"- touched: memory the target filled\n")
+	if slices.ContainsFunc(r.rows, func(x *row) bool { return x.refKind == refLocal }) {
+		b.WriteString("- local: the same operation on a local store in the same run\n")
+	}
 
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write table: %w", err)

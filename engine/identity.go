@@ -1,0 +1,83 @@
+package engine
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/snapshot"
+)
+
+// CheckUnchanged rejects rolling process pid back to img when state that
+// only the kernel can change, and that a restore therefore cannot put
+// back, differs from the capture. It returns a *RejectError:
+//
+//   - ESRCH when pid now belongs to another process (start time or boot
+//     differ from img.Process);
+//   - EOPNOTSUPP when the process called execve since the capture: its
+//     executable differs, or the start of its heap moved, which execve
+//     picks anew (at random under ASLR) even for the same executable;
+//   - EOPNOTSUPP when its real, effective or saved uid or gid changed, for
+//     example a root process that dropped to another user: rolling its
+//     memory back would make it believe it still had its old identity.
+//
+// The check reads /proc without stopping the process, so a caller that
+// freezes the process afterwards races with an execve or setuid in
+// between.
+func CheckUnchanged(pid int, img *snapshot.Image) error {
+	id, err := Identify(pid)
+	if err != nil {
+		return err
+	}
+	if id != img.Process {
+		return reject(unix.ESRCH, fmt.Sprintf("pid %d is not the process of the snapshot: it started at tick %d, the captured one at tick %d",
+			pid, id.StartTime, img.Process.StartTime))
+	}
+	if err := checkSameProgram(pid, img); err != nil {
+		return err
+	}
+
+	st, err := ReadStatus(pid)
+	if err != nil {
+		return err
+	}
+	if st.UID != img.Creds.UID || st.GID != img.Creds.GID {
+		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d changed credentials since the snapshot (uid %v gid %v, was uid %v gid %v), which a restore cannot put back",
+			pid, st.UID, st.GID, img.Creds.UID, img.Creds.GID))
+	}
+	return nil
+}
+
+// checkSameProgram rejects with EOPNOTSUPP a process that called execve
+// since img was captured.
+func checkSameProgram(pid int, img *snapshot.Image) error {
+	var exe unix.Stat_t
+	path := fmt.Sprintf("/proc/%d/exe", pid)
+	if err := unix.Stat(path, &exe); err != nil {
+		return fmt.Errorf("stat executable of pid %d: %w", pid, errnoOrESRCH(err))
+	}
+	if exe.Dev != img.ExeDev || exe.Ino != img.ExeIno {
+		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d ran another program since the snapshot (executable inode %d, was %d %s)",
+			pid, exe.Ino, img.ExeIno, img.Exe))
+	}
+
+	ps, err := readProcStat(pid)
+	if err != nil {
+		return err
+	}
+	if ps.StartBrk != img.StartBrk {
+		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d called execve since the snapshot (heap start %#x, was %#x)",
+			pid, ps.StartBrk, img.StartBrk))
+	}
+	return nil
+}
+
+// errnoOrESRCH turns the ENOENT of a /proc file of a process that exited
+// into ESRCH.
+func errnoOrESRCH(err error) error {
+	if os.IsNotExist(err) {
+		return unix.ESRCH
+	}
+	return err
+}
