@@ -230,6 +230,9 @@ func (r *restorer) planLayout() error {
 	cur, snap := mergeLayout(r.curRegions), mergeLayout(r.img.Regions)
 	if !r.parts.layout {
 		r.layout = &layoutPlan{kept: keptSpans(cur, snap)}
+		if err := checkRegionsKept(r.parts.regions, snap, r.layout.kept); err != nil {
+			return err
+		}
 	} else {
 		var err error
 		if r.layout, err = planLayout(cur, snap); err != nil {

@@ -192,3 +192,33 @@ func (p restoreParts) leftOut() []string {
 	}
 	return out
 }
+
+// checkRegionsKept rejects with EOPNOTSUPP a region part whose saved
+// mappings are not all still mapped as they were (kept), because without
+// the layout part a restore cannot map them again and would skip them.
+func checkRegionsKept(regions []span, snap []*layoutEntry, kept []span) error {
+	var saved []span
+	for _, e := range snap {
+		saved = append(saved, span{e.start, e.end})
+	}
+	saved = unionSpans(saved)
+
+	for _, sp := range regions {
+		need := intersectSpans([]span{sp}, saved)
+		have := intersectSpans(need, kept)
+		if spanBytes(have) != spanBytes(need) {
+			return reject(unix.EOPNOTSUPP, fmt.Sprintf("part %x-%x: the region is no longer mapped as in the snapshot; add the part layout to map it again",
+				sp.start, sp.end))
+		}
+	}
+	return nil
+}
+
+// spanBytes returns the number of bytes the spans cover.
+func spanBytes(spans []span) uint64 {
+	var n uint64
+	for _, sp := range spans {
+		n += sp.end - sp.start
+	}
+	return n
+}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -144,4 +145,217 @@ func TestRestorePartUnknown(t *testing.T) {
 	if got := p.send(t, "ping", "pong"); got != "" {
 		t.Errorf("ping after a rejected restore: %q", got)
 	}
+}
+
+// counters are the three counters of part_counters.
+type counters struct{ heap, global, loop uint64 }
+
+// counterTarget is a running part_counters with the addresses it printed.
+type counterTarget struct {
+	*commanded
+	heap, global, loop, r uint64
+}
+
+// startCounters starts part_counters and waits for its first tick.
+func startCounters(t *testing.T) *counterTarget {
+	t.Helper()
+	p := startCommanded(t, "part_counters")
+	ready := fields(p.Expect("ready "))
+	c := &counterTarget{commanded: p, heap: parseAddr(t, ready["heap"]), global: parseAddr(t, ready["global"]),
+		loop: parseAddr(t, ready["loop"]), r: parseAddr(t, ready["r"])}
+	if line := mapsLine(t, p.PID, c.heap); !strings.HasSuffix(line, "[heap]") {
+		t.Fatalf("heap counter at %#x lies in %q, want [heap]", c.heap, line)
+	}
+	p.Expect("tick ")
+	return c
+}
+
+// read reads the counters from the memory of the process.
+func (c *counterTarget) read(t *testing.T) counters {
+	t.Helper()
+	word := func(addr uint64) uint64 { return binary.LittleEndian.Uint64(readTarget(t, c.PID, addr, 8)) }
+	return counters{heap: word(c.heap), global: word(c.global), loop: word(c.loop)}
+}
+
+// saved returns the counters saved in img.
+func (c *counterTarget) saved(t *testing.T, img *snapshot.Image) counters {
+	t.Helper()
+	word := func(addr uint64) uint64 { return binary.LittleEndian.Uint64(savedBytes(t, img, addr, 8)) }
+	return counters{heap: word(c.heap), global: word(c.global), loop: word(c.loop)}
+}
+
+// tick reads tick lines until one shows a loop count above loop, and
+// returns its counters: a line printed after the counters showed loop.
+func (c *counterTarget) tick(t *testing.T, loop uint64) counters {
+	t.Helper()
+	for {
+		f := fields(c.Expect("tick "))
+		got := counters{heap: parseUint(t, f["heap"]), global: parseUint(t, f["global"]), loop: parseUint(t, f["loop"])}
+		if got.loop > loop {
+			return got
+		}
+	}
+}
+
+// riseAndSettle waits until the heap counter is 100 ticks past saved, then
+// until the thread blocks in poll between two ticks, and returns the
+// counters then.
+func (c *counterTarget) riseAndSettle(t *testing.T, saved counters) counters {
+	t.Helper()
+	for c.tick(t, 0).heap < saved.heap+100 {
+	}
+	waitSyscall(t, c.PID, strconv.Itoa(c.PID), unix.SYS_POLL)
+	return c.read(t)
+}
+
+// checkRolledBack checks that a counter read after a restore is back near
+// its saved value: not below it, and below its value just before.
+func checkRolledBack(t *testing.T, name string, saved, before, after uint64) {
+	t.Helper()
+	if after < saved || after >= before {
+		t.Errorf("%s counter after restore is %d, want rolled back to about %d (it was %d before)", name, after, saved, before)
+	}
+}
+
+// checkKept checks that a counter a restore leaves alone did not drop.
+func checkKept(t *testing.T, name string, before, after uint64) {
+	t.Helper()
+	if after < before {
+		t.Errorf("%s counter dropped from %d to %d, want it left alone", name, before, after)
+	}
+}
+
+// checkRising checks that the counters go on rising after a restore that
+// left them at after.
+func (c *counterTarget) checkRising(t *testing.T, after counters) {
+	t.Helper()
+	next := c.tick(t, after.loop)
+	if next.heap <= after.heap || next.global <= after.global {
+		t.Errorf("counters after restore %+v, next tick %+v: want them rising", after, next)
+	}
+}
+
+// parseUint parses a decimal counter a target printed.
+func parseUint(t *testing.T, s string) uint64 {
+	t.Helper()
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		t.Fatalf("parse counter %q: %v", s, err)
+	}
+	return v
+}
+
+func TestRestorePartHeapOnly(t *testing.T) {
+	c := startCounters(t)
+	img := captureImage(t, c.PID)
+	saved := c.saved(t, img)
+	before := c.riseAndSettle(t, saved)
+
+	restorePartsOf(t, c.commanded, img, "[heap]")
+	after := c.read(t)
+	checkRolledBack(t, "heap", saved.heap, before.heap, after.heap)
+	checkKept(t, "global", before.global, after.global)
+	checkKept(t, "loop", before.loop, after.loop)
+	c.checkRising(t, after)
+}
+
+func TestRestorePartMemoryNoJump(t *testing.T) {
+	c := startCounters(t)
+	img := captureImage(t, c.PID)
+	saved := c.saved(t, img)
+	before := c.riseAndSettle(t, saved)
+
+	restorePartsOf(t, c.commanded, img, "memory")
+	after := c.read(t)
+	checkRolledBack(t, "heap", saved.heap, before.heap, after.heap)
+	checkRolledBack(t, "global", saved.global, before.global, after.global)
+	checkKept(t, "loop (on the stack)", before.loop, after.loop)
+	c.checkRising(t, after)
+}
+
+func TestRestorePartHeapAndFDs(t *testing.T) {
+	c := startCounters(t)
+	img := captureImage(t, c.PID)
+	saved := c.saved(t, img)
+	fd := c.send(t, "open", "opened ")
+	before := c.riseAndSettle(t, saved)
+
+	restorePartsOf(t, c.commanded, img, "[heap]", "fds")
+	after := c.read(t)
+	checkRolledBack(t, "heap", saved.heap, before.heap, after.heap)
+	checkKept(t, "global", before.global, after.global)
+	if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", c.PID, fd)); err == nil {
+		t.Errorf("fd %s opened after the snapshot is still open (%s) after restoring fds", fd, target)
+	}
+	c.checkRising(t, after)
+}
+
+func TestRestorePartLayoutAndMemory(t *testing.T) {
+	c := startCounters(t)
+	img := captureImage(t, c.PID)
+	saved := c.saved(t, img)
+	n := parseAddr(t, fields(c.send(t, "map", "mapped "))["n"])
+	c.send(t, "unmap", "unmapped")
+	before := c.riseAndSettle(t, saved)
+
+	restorePartsOf(t, c.commanded, img, "layout", "memory")
+	after := c.read(t)
+	checkRolledBack(t, "heap", saved.heap, before.heap, after.heap)
+	checkRolledBack(t, "global", saved.global, before.global, after.global)
+	checkKept(t, "loop (on the stack)", before.loop, after.loop)
+	if line := mapsLine(t, c.PID, n); line != "" {
+		t.Errorf("region mapped after the snapshot is still there after restoring layout: %s", line)
+	}
+	if !bytes.Equal(readTarget(t, c.PID, c.r, 8*4096), filledPages('R')) {
+		t.Errorf("region unmapped after the snapshot does not hold its saved bytes after restoring layout and memory")
+	}
+	c.checkRising(t, after)
+}
+
+// checkRejected checks that restoring parts of img into c is a RejectError
+// with errno, and that c runs on untouched: counters not rolled back, fd
+// still open, n still mapped and R still unmapped.
+func (c *counterTarget) checkRejected(t *testing.T, img *snapshot.Image, parts []string, errno unix.Errno, before counters, fd string, n uint64) {
+	t.Helper()
+	_, err := Restore(c.PID, img, imageMemory{img}, parts, testLogger(t))
+	var rej *RejectError
+	if !errors.As(err, &rej) || !errors.Is(err, errno) {
+		t.Errorf("restore of %v: %v, want a RejectError with %v", parts, err, errno)
+	}
+	checkRunning(t, c.Proc)
+	after := c.read(t)
+	checkKept(t, "heap", before.heap, after.heap)
+	checkKept(t, "global", before.global, after.global)
+	if _, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", c.PID, fd)); err != nil {
+		t.Errorf("fd %s is gone after a rejected restore: %v", fd, err)
+	}
+	if mapsLine(t, c.PID, n) == "" || mapsLine(t, c.PID, c.r) != "" {
+		t.Errorf("layout changed by a rejected restore")
+	}
+	c.checkRising(t, after)
+}
+
+// startChanged starts part_counters, captures it, then opens a file, maps
+// region N and unmaps R, and lets the counters rise.
+func startChanged(t *testing.T) (c *counterTarget, img *snapshot.Image, before counters, fd string, n uint64) {
+	t.Helper()
+	c = startCounters(t)
+	img = captureImage(t, c.PID)
+	saved := c.saved(t, img)
+	fd = c.send(t, "open", "opened ")
+	n = parseAddr(t, fields(c.send(t, "map", "mapped "))["n"])
+	c.send(t, "unmap", "unmapped")
+	return c, img, c.riseAndSettle(t, saved), fd, n
+}
+
+func TestRestorePartRegionNotInSnapshot(t *testing.T) {
+	c, img, before, fd, n := startChanged(t)
+	parts := []string{"[heap]", "fds", fmt.Sprintf("%x-%x", n, n+8*4096)}
+	c.checkRejected(t, img, parts, unix.EINVAL, before, fd, n)
+}
+
+func TestRestorePartRegionUnmapped(t *testing.T) {
+	c, img, before, fd, n := startChanged(t)
+	parts := []string{"[heap]", "fds", fmt.Sprintf("%x-%x", c.r, c.r+8*4096)}
+	c.checkRejected(t, img, parts, unix.EOPNOTSUPP, before, fd, n)
 }
