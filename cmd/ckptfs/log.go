@@ -38,7 +38,7 @@ func (a *app) setupLogger(cmd *cobra.Command) error {
 
 // defaultLogLevel returns the level used without --log-level: info for the
 // mount, which runs as a service and logs each operation, and warn for the
-// one-shot commands, whose result line on stdout says what they did.
+// one-shot commands, whose result line on stdout reports what they did.
 func defaultLogLevel(cmd *cobra.Command) string {
 	if cmd.Name() == "mount" {
 		return "info"

@@ -42,15 +42,15 @@ func validPart(part string) bool {
 // validRange reports whether part is START-END in hex with both bounds
 // page-aligned and START below END, as the engine accepts it.
 func validRange(part string) bool {
-	lo, hi, ok := strings.Cut(part, "-")
+	startText, endText, ok := strings.Cut(part, "-")
 	if !ok {
 		return false
 	}
-	start, err := strconv.ParseUint(lo, 16, 64)
+	start, err := strconv.ParseUint(startText, 16, 64)
 	if err != nil {
 		return false
 	}
-	end, err := strconv.ParseUint(hi, 16, 64)
+	end, err := strconv.ParseUint(endText, 16, 64)
 	if err != nil {
 		return false
 	}

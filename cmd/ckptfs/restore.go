@@ -63,8 +63,9 @@ func (a *app) restore(pid int, name string, parts []string) error {
 	if len(parts) == 0 {
 		parts = nil
 	}
-	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name))
-	report, err := a.rollBack(t, snap, parts)
+	src := &countingReader{src: snap}
+	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name), runBytes(snap.Image), src.Done)
+	report, err := a.rollBack(t, snap, src, parts)
 	stop()
 	if err != nil {
 		return err
@@ -76,18 +77,19 @@ func (a *app) restore(pid int, name string, parts []string) error {
 	return nil
 }
 
-// rollBack freezes process t.pid and restores the parts of snap. It calls
+// rollBack freezes process t.pid and restores the parts of snap, reading its
+// memory through mem. It calls
 // engine.Begin and Op.Restore itself rather than engine.Restore because
 // Begin's errors lack the operation, and Op.Restore's name the process but
 // not the snapshot.
-func (a *app) rollBack(t target, snap *snapshot.Snapshot, parts []string) (*engine.RestoreReport, error) {
+func (a *app) rollBack(t target, snap *snapshot.Snapshot, mem snapshot.MemoryReader, parts []string) (*engine.RestoreReport, error) {
 	op, err := engine.Begin(t.pid, a.log)
 	if err != nil {
 		return nil, t.wrap(err)
 	}
 	defer op.Close()
 
-	report, err := op.Restore(snap.Image, snap, parts)
+	report, err := op.Restore(snap.Image, mem, parts)
 	if err != nil {
 		f := t.fail(fmt.Errorf("snapshot %q: %w", t.snapshot, err))
 		if errors.Is(err, unix.EOPNOTSUPP) {
