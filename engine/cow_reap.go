@@ -69,12 +69,14 @@ func (op *Op) reapUnreaped() {
 
 // orphanedClones returns the zombie children of the main thread of process
 // pid that look like copy-on-write clones left by a daemon that died before
-// reaping them. PTRACE_O_EXITKILL killed such a clone, so it is a zombie
-// process with exit signal 0, killed by SIGKILL, with the comm of its parent.
+// reaping them: zombies with exit signal 0 and the comm of their parent,
+// killed by SIGKILL (PTRACE_O_EXITKILL) or exited with status 0 (a clone
+// released before the daemon traced it runs its injection frame's
+// exit_group(0)).
 //
 // NOTE: a process that clones children with exit signal 0 itself and
-// reaps them later loses such a child that was killed by SIGKILL and has
-// its comm. No other way to tell these zombies apart survives the daemon.
+// reaps them later loses such a child that ended this way and has its
+// comm. No other way to tell these zombies apart survives the daemon.
 func orphanedClones(pid int) []int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	if err != nil {
@@ -101,7 +103,7 @@ func orphanedClones(pid int) []int {
 
 // zombieStat reads from /proc/PID/stat the command name, whether the
 // process is a zombie, and whether its exit signal (field 38) is 0 and it
-// was killed by SIGKILL (exit_code, field 52). ok is false when the file
+// was killed by SIGKILL or exited with 0 (exit_code, field 52). ok is false when the file
 // cannot be read or parsed.
 func zombieStat(pid int) (comm string, zombie, killedClone, ok bool) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -121,6 +123,6 @@ func zombieStat(pid int) (comm string, zombie, killedClone, ok bool) {
 	if err != nil {
 		return "", false, false, false
 	}
-	killedClone = rest[38-3] == "0" && exitCode&0x7f == int(unix.SIGKILL)
+	killedClone = rest[38-3] == "0" && (exitCode&0x7f == int(unix.SIGKILL) || exitCode == 0)
 	return string(data[open+1 : end]), rest[0] == "Z", killedClone, true
 }

@@ -15,9 +15,11 @@ import (
 //
 //   - ESRCH when pid now belongs to another process (start time or boot
 //     differ from img.Process);
-//   - EOPNOTSUPP when the process called execve since the capture: its
-//     executable differs, or the start of its heap moved, which execve
-//     picks anew (at random under ASLR) even for the same executable;
+//   - EOPNOTSUPP when the process called execve since the capture. Then
+//     its executable differs, or the random bytes that the kernel puts at
+//     AT_RANDOM at every execve do. Older images without those bytes are
+//     compared by the start of the heap, which execve moves unless address
+//     randomization is off.
 //   - EOPNOTSUPP when its real, effective or saved uid or gid changed, for
 //     example a root process that dropped to another user: rolling its
 //     memory back would make it believe it still had its old identity.
@@ -62,6 +64,19 @@ func checkSameProgram(pid int, img *snapshot.Image) error {
 			pid, exe.Ino, img.ExeIno, img.Exe))
 	}
 
+	if img.ExecID != "" {
+		execID, err := readExecID(pid)
+		if err != nil {
+			return err
+		}
+		if execID != img.ExecID {
+			return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d called execve since the snapshot (its AT_RANDOM bytes differ)", pid))
+		}
+		return nil
+	}
+
+	// An image without the AT_RANDOM bytes still has the heap start, which
+	// execve picks anew at random unless address randomization is off.
 	ps, err := readProcStat(pid)
 	if err != nil {
 		return err
@@ -80,4 +95,17 @@ func errnoOrESRCH(err error) error {
 		return unix.ESRCH
 	}
 	return err
+}
+
+// pfExiting is PF_EXITING from include/linux/sched.h, set in the flags
+// field of /proc/PID/stat once a process has begun to exit.
+const pfExiting = 0x4
+
+// Exiting reports whether process pid is gone, a zombie, or has begun to
+// exit. An exiting process loses its memory and /proc/PID/exe before it
+// shows as a zombie, so operations on it fail with ENOENT or EIO from
+// /proc files while its state still reads R or D.
+func Exiting(pid int) bool {
+	st, err := readProcStat(pid)
+	return err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0
 }

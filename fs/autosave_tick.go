@@ -46,7 +46,7 @@ func (a *autosaver) tick(sc *schedule) bool {
 		a.exited(sc)
 		return false
 	case err != nil:
-		sc.setLast(start, fmt.Sprintf("failed: %s: %s", unix.ErrnoName(errnoOf(err)), err))
+		sc.setLast(start, fmt.Sprintf("failed: %s: %s", errnoName(errnoOf(err)), err))
 		return true
 	}
 

@@ -1,7 +1,9 @@
 package fs
 
 import (
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -9,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/internal/testproc"
 )
 
 // lockProcessDir takes the flock that Store.Save needs to commit a
@@ -76,7 +80,12 @@ func TestBusyForWholeCapture(t *testing.T) {
 		}
 	})
 
-	waitUntil(t, "the capture freezes the target", func() bool { return tracerOf(tg.PID) > 0 })
+	// The status reads "running" from the freeze on. A copy-on-write
+	// capture keeps the target frozen for a few milliseconds only, so this
+	// probe may come during the freeze or during the save.
+	waitUntil(t, "the capture starts", func() bool {
+		return strings.Contains(m.read(tg.PID, "status"), "result: running")
+	})
 	probeBusy(t, m, tg.PID, "frozen")
 
 	waitUntil(t, "the capture thaws the target and saves", func() bool {
@@ -101,4 +110,46 @@ func TestBusyForWholeCapture(t *testing.T) {
 	}
 	m.mustWrite("1\n", tg.PID, "capture")
 	tg.checkCounting(t, "target after the captures")
+}
+
+func TestOwnRequestDuringOtherCaptureIsBusy(t *testing.T) {
+	m := newMount(t)
+	cmd := exec.Command("bash", "-c", `read x; echo 1 > "$1/self/capture"; echo "rc $?"; read x`, "bash", m.dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	sh := testproc.StartCmd(t, cmd)
+	t.Cleanup(func() { stdin.Close() })
+	m.mustWrite("first\n", sh.PID, "capture")
+
+	// The test's capture of the shell is kept saving. Its save would freeze
+	// the shell again at the end, so a request of the shell must not wait
+	// for it: the shell could not stop while it waits inside the daemon.
+	release := lockProcessDir(t, m.storeDir, sh.PID)
+	done := make(chan error, 1)
+	go func() { done <- m.write("1\n", sh.PID, "capture") }()
+	t.Cleanup(func() {
+		release()
+		if err := m.awaitOrAbort("capture", done); err != nil {
+			t.Errorf("capture: %v", err)
+		}
+	})
+	waitUntil(t, "the capture saves", func() bool {
+		return tracerOf(sh.PID) == 0 && len(tmpEntries(t, m.storeDir)) > 0
+	})
+
+	if _, err := io.WriteString(stdin, "\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := sh.Expect("rc "); got != "1" {
+		t.Errorf("shell's own capture during the test's capture: exit %s, want 1", got)
+	}
+	// bash's stderr arrives through its own pipe, after or before "rc".
+	waitUntil(t, "bash reports EBUSY on stderr", func() bool {
+		return strings.Contains(stderr.String(), "Device or resource busy")
+	})
+	wantRefusal(t, m, sh.PID, unix.EBUSY, "(saving)")
 }

@@ -20,12 +20,14 @@
 // boot id), not for a pid. Its inode generation is the start time, so a
 // recycled pid gets a new inode, and it lists only the snapshots of that
 // identity. Any live process that is not a kernel thread can be looked up,
-// but /ckpt lists only those the caller could ptrace. The handlers of a
-// process directory and of its control files check the caller again with
-// the kernel's ptrace rules (see mayPtrace), and a restore or removal also
-// checks the caller against the snapshot's owner. Snapshot files are
-// listed and opened only by the snapshot's owner and by callers with
-// CAP_SYS_PTRACE.
+// but /ckpt lists only those the caller could ptrace, leaving out the
+// daemon itself and zombies. The handlers of a process directory and of
+// its control files check the caller again with the kernel's ptrace rules
+// (see mayPtrace) and log a refusal, and a restore or removal also checks
+// the caller against the snapshot's owner. A restore is refused before the
+// freeze when the process changed credentials or called execve since the
+// capture (engine.CheckUnchanged). Snapshot files are listed and opened
+// only by the snapshot's owner and by callers with CAP_SYS_PTRACE.
 //
 // # Kernel caches
 //
@@ -68,15 +70,21 @@
 // Only one capture or restore runs per process, from the freeze until its
 // snapshot is durable; a second fails at once with EBUSY (procState.acquire).
 // Nothing waits for that ownership except in one case: a request of the
-// process itself that arrives while a capture it made of itself is saving
-// waits for the save, so that a process that captures itself and restores
-// at once finds its snapshot. That wait is safe inside a request of the
-// process, because such a capture copies memory while frozen and its save
-// never touches the process. The save of any other capture freezes the
-// process once more to reap its copy-on-write clone, so during it even the
-// process's own requests get EBUSY. While
-// the process is frozen even its own requests get EBUSY at once, since a
-// thread caught inside a request cannot stop until it is answered.
+// process itself, during an operation the process made on itself, once the
+// engine has thawed the process (the requesting thread is no longer traced,
+// or the capture is saving). It waits for the operation to end, so that a
+// process that captures itself and restores at once finds its snapshot.
+// The wait is safe inside a request of the process, because the rest of
+// such an operation never touches the process: a self-capture copies
+// memory while frozen. The save of any other capture freezes the process
+// once more to reap its copy-on-write clone, so during it even the
+// process's own requests get EBUSY, as do requests from threads still
+// traced, which cannot stop until they are answered.
+//
+// While an operation runs, each lookup of a control file returns a new
+// node. The kernel holds an inode's lock for the whole of a write to it, so
+// a second writer of the same node would otherwise wait in the kernel for
+// the first write instead of reaching the daemon and getting EBUSY.
 //
 // procState.mu and mountState.mu are held only to copy a few fields,
 // never across a ptrace wait, a store write or a call into the engine. No

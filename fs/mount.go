@@ -69,6 +69,11 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 	state.controlGen.Store(1 << 63)
 	state.autosave = newAutosaver(state)
 
+	// NOTE: gofs.Mount returns after go-fuse's first request to the new
+	// mount from this very process (an open and a poll of a hidden file).
+	// A SIGKILL before that request is answered leaves the process unable
+	// to exit, waiting in the kernel on its own dead server, until someone
+	// writes 1 to /sys/fs/fuse/connections/<device minor>/abort.
 	root := &rootDir{state: state}
 	srv, err := gofs.Mount(mountpoint, root, mountOptions(cfg, log))
 	if err != nil {

@@ -52,7 +52,7 @@ func (m *mountState) beginCapture(caller *fuse.Caller, id snapshot.ProcessID, re
 		return nil, "", false, err
 	}
 	self := creds.TGID == id.PID
-	if err := ps.acquire(id.PID, "capture", uint32(creds.TGID), self); err != nil {
+	if err := ps.acquireFrom(id.PID, "capture", uint32(creds.TGID), int(caller.Pid), self); err != nil {
 		return nil, "", false, err
 	}
 
@@ -169,7 +169,7 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 		return nil, nil, nil, false, err
 	}
 	self := creds.TGID == id.PID
-	if err := ps.acquire(id.PID, "restore", uint32(creds.TGID), self); err != nil {
+	if err := ps.acquireFrom(id.PID, "restore", uint32(creds.TGID), int(caller.Pid), self); err != nil {
 		return nil, nil, nil, false, err
 	}
 
@@ -200,9 +200,9 @@ func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name
 		return nil, err
 	}
 
-	// NOTE: this check runs before the freeze, so an execve or setuid
-	// between it and the freeze goes unseen here; the engine's own checks
-	// under the freeze catch only an execve of another executable.
+	// NOTE: this check runs before the freeze, so it misses an execve or
+	// setuid between it and the freeze. The engine checks for an execve
+	// again under the freeze, but not for a change of credentials.
 	if err := engine.CheckUnchanged(id.PID, snap.Image); err != nil {
 		m.closeSnapshot(snap)
 		return nil, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
@@ -275,8 +275,9 @@ func checkIdentity(id snapshot.ProcessID) error {
 	return nil
 }
 
-// begin seizes process id and checks that the pid was not recycled between
-// the access check and the seize.
+// begin seizes process id, checks that the pid was not recycled between
+// the access check and the seize, and marks the process frozen in its
+// state.
 func (m *mountState) begin(id snapshot.ProcessID) (*engine.Op, error) {
 	op, err := engine.Begin(id.PID, m.log)
 	if err != nil {
@@ -286,13 +287,15 @@ func (m *mountState) begin(id snapshot.ProcessID) (*engine.Op, error) {
 		op.Close()
 		return nil, err
 	}
+	m.proc(id).markFrozen()
 	return op, nil
 }
 
 // explain turns the failure of an operation on a process that has since
-// exited into ESRCH, keeping the original reason in the text.
+// exited, or has begun to exit, into ESRCH, keeping the original reason in
+// the text.
 func (m *mountState) explain(id snapshot.ProcessID, kind string, err error) error {
-	if checkIdentity(id) == nil {
+	if checkIdentity(id) == nil && !engine.Exiting(id.PID) {
 		return err
 	}
 	return fmt.Errorf("pid %d exited during %s (%v): %w", id.PID, kind, err, unix.ESRCH)

@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/engine"
 )
 
 // opPhase is how far the capture or restore in progress on a process got.
@@ -13,8 +15,12 @@ type opPhase int
 const (
 	phaseIdle opPhase = iota
 
-	// phaseFrozen lasts from the access check to the thaw: the process
-	// is seized, or about to be.
+	// phaseFreezing lasts from the access check until every thread is
+	// seized.
+	phaseFreezing
+
+	// phaseFrozen lasts until the engine has thawed the process again
+	// and returned.
 	phaseFrozen
 
 	// phaseSaving lasts from the thaw to the end of a capture's save: the
@@ -24,6 +30,8 @@ const (
 
 func (p opPhase) String() string {
 	switch p {
+	case phaseFreezing:
+		return "freezing"
 	case phaseFrozen:
 		return "frozen"
 	case phaseSaving:
@@ -48,9 +56,8 @@ type procState struct {
 	caller uint32
 	self   bool
 
-	// saved is closed when the save of phaseSaving ends; nil in the
-	// other phases.
-	saved chan struct{}
+	// changed is closed, and replaced, at every change of phase.
+	changed chan struct{}
 
 	lastRestored string
 	last         *opRecord
@@ -58,35 +65,70 @@ type procState struct {
 
 // acquire makes the caller the owner of the process for one operation of
 // kind, or fails with EBUSY while another capture or restore of it is in
-// progress, from its freeze until its snapshot is durable.
-//
-// The one wait: a request of the process itself (self) that comes while
-// a capture it made of itself is saving waits for the save, so that a
-// process that captures itself and restores at once finds its snapshot.
-// That wait cannot deadlock, because the process runs then and the save of
-// a self-capture never needs it: its memory was copied while frozen (see
-// captureFrozen). The save of any other capture freezes the process once
-// more to reap its copy-on-write clone, which a thread waiting here could
-// never reach, so requests of the process get EBUSY then. While the
-// process is frozen even its own requests fail at once: a thread caught
-// inside a request must get its answer before it can stop.
+// progress, from its freeze until its snapshot is durable. callerPID is
+// the requesting process.
 func (p *procState) acquire(pid int, kind string, callerPID uint32, self bool) error {
+	return p.acquireFrom(pid, kind, callerPID, 0, self)
+}
+
+// acquireFrom is acquire for a request from thread callerTID (0 when
+// unknown).
+//
+// A request of the process itself (self) waits instead of failing when the
+// operation in progress is one the process made on itself and the engine
+// is done with the process. That is the case when the capture is saving,
+// or when the request comes from a thread that is no longer traced, which
+// means the engine has thawed the process. The rest of the operation then
+// runs without the process, so the wait cannot deadlock, and a process
+// that captures itself and restores at once finds its snapshot. The save of such a capture never
+// touches the process, because a self-capture copies memory while frozen
+// (see captureFrozen). The save of any other capture freezes the process
+// once more to reap its copy-on-write clone, which a thread waiting here
+// could never reach, so requests of the process get EBUSY then. So do the
+// requests of threads that are still traced: each must get its answer
+// before it can stop.
+func (p *procState) acquireFrom(pid int, kind string, callerPID uint32, callerTID int, self bool) error {
 	for {
 		p.mu.Lock()
-		phase, saved, running, owner, ownerSelf := p.phase, p.saved, p.kind, p.caller, p.self
-		if phase == phaseIdle {
-			p.phase, p.kind, p.caller, p.self = phaseFrozen, kind, callerPID, self
+		if p.phase == phaseIdle {
+			p.kind, p.caller, p.self = kind, callerPID, self
+			p.setPhase(phaseFreezing)
 			p.mu.Unlock()
 			return nil
 		}
+		phase, changed, running, owner, ownerSelf := p.phase, p.changed, p.kind, p.caller, p.self
 		p.mu.Unlock()
 
-		if phase != phaseSaving || !self || !ownerSelf {
+		if !self || !ownerSelf || !thawedFor(phase, callerTID) {
 			return fmt.Errorf("pid %d: a %s requested by pid %d is in progress (%s): %w",
 				pid, running, owner, phase, unix.EBUSY)
 		}
-		<-saved
+		<-changed
 	}
+}
+
+// thawedFor reports whether the engine is done with the process of thread
+// tid in phase: it is saving, or frozen but tid is no longer traced.
+func thawedFor(phase opPhase, tid int) bool {
+	switch phase {
+	case phaseSaving:
+		return true
+	case phaseFrozen:
+		st, err := engine.ReadStatus(tid)
+		return tid != 0 && err == nil && st.TracerPid == 0
+	default:
+		return false
+	}
+}
+
+// setPhase moves to phase and wakes the requests waiting for a change.
+// The caller holds mu.
+func (p *procState) setPhase(phase opPhase) {
+	p.phase = phase
+	if p.changed != nil {
+		close(p.changed)
+	}
+	p.changed = make(chan struct{})
 }
 
 // busy reports whether a capture or restore of the process is in progress.
@@ -96,26 +138,27 @@ func (p *procState) busy() bool {
 	return p.phase != phaseIdle
 }
 
-// startSaving moves the operation to phaseSaving once the process is
-// thawed.
+// markFrozen records that every thread of the process is seized.
+func (p *procState) markFrozen() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.setPhase(phaseFrozen)
+}
+
+// startSaving records that the process runs again while its capture is
+// saved.
 func (p *procState) startSaving() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-
-	p.phase = phaseSaving
-	p.saved = make(chan struct{})
+	p.setPhase(phaseSaving)
 }
 
 // release ends the operation that acquire started.
 func (p *procState) release() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-
-	if p.saved != nil {
-		close(p.saved)
-		p.saved = nil
-	}
-	p.phase, p.kind, p.caller, p.self = phaseIdle, "", 0, false
+	p.kind, p.caller, p.self = "", 0, false
+	p.setPhase(phaseIdle)
 }
 
 // record stores rec as the last operation on the process.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -170,6 +171,41 @@ func FuzzControlRequest(f *testing.F) {
 			if part == "" || strings.ContainsAny(part, " \t\n") {
 				t.Fatalf("restore part %q", part)
 			}
+		}
+	})
+}
+
+// controlEntries are the names of a process directory that are not
+// snapshots; no snapshot name may equal one of them.
+var controlEntries = []string{"capture", "restore", "status", "autosave", "latest", "self", ".", ".."}
+
+func FuzzSnapshotName(f *testing.F) {
+	for _, seed := range []string{"snap-1", "auto-3", "latest", "self", ".", "..", "a/b", "01", "+1", "123", "-x", strings.Repeat("n", 65), "x\n"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		if pid, ok := parsePID(name); ok && (pid <= 0 || strconv.Itoa(pid) != name) {
+			t.Fatalf("parsePID(%q) = %d, not the canonical form of a positive pid", name, pid)
+		}
+
+		captured, err := parseCaptureRequest(name)
+		if err != nil {
+			if !errors.Is(err, unix.EINVAL) {
+				t.Fatalf("capture of %q: %v, want EINVAL", name, err)
+			}
+		} else if captured != "" {
+			if captured != name || strings.HasPrefix(name, autoPrefix) || slices.Contains(controlEntries, name) ||
+				strings.ContainsAny(name, "/\x00 \n") || len(name) > 64 {
+				t.Fatalf("capture accepted %q as snapshot name %q", name, captured)
+			}
+		}
+
+		if snapshot.ValidName(name) != nil {
+			return
+		}
+		restored, parts, err := parseRestoreRequest(name)
+		if err != nil || restored != name || parts != nil {
+			t.Fatalf("restore of valid name %q = %q %v %v", name, restored, parts, err)
 		}
 	})
 }

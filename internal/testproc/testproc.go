@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -179,9 +178,14 @@ func (p *Proc) State() string {
 	return s[i+2 : i+3]
 }
 
-// Kill sends SIGKILL by pid and waits until the process is reaped.
+// Kill sends SIGKILL to the process and waits until it is reaped. Once it
+// was reaped, Kill sends nothing, because its pid may belong to another
+// process by then.
 func (p *Proc) Kill() {
-	_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	if !p.Alive() {
+		return
+	}
+	_ = p.Cmd.Process.Kill()
 	select {
 	case <-p.done:
 	case <-time.After(10 * time.Second):
