@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +58,9 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 
+	if err := checkNotMounted(mountpoint); err != nil {
+		return nil, err
+	}
 	yama, err := readYamaScope()
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -83,6 +89,32 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 	log.Info("mounted", "mountpoint", mountpoint, "store", cfg.Store.Dir())
 	state.autosave.resume()
 	return &Server{fuse: srv, mountpoint: mountpoint, state: state}, nil
+}
+
+// checkNotMounted rejects a mountpoint where a ckptfs is mounted already,
+// because a second mount would hide the first one's tree and leave its
+// daemon running unseen.
+func checkNotMounted(mountpoint string) error {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("mount %s: read mount table: %w", mountpoint, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		sep := slices.Index(fields, "-")
+		if sep < 5 || sep+1 >= len(fields) {
+			continue
+		}
+		if fields[4] == abs && fields[sep+1] == "fuse.ckptfs" {
+			return fmt.Errorf("mount %s: a ckptfs is mounted there already; unmount it first with umount %s: %w",
+				mountpoint, abs, unix.EBUSY)
+		}
+	}
+	return nil
 }
 
 // mountOptions returns the go-fuse options of a mount. Timeouts stay unset

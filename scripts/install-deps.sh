@@ -3,8 +3,8 @@
 # gcc and make to build the C test targets, python3 for the interpreter
 # tests and the demo, fuse3 for fusermount3, and Versity's S3 gateway for
 # the S3 store tests (built from the Go module proxy into $(go env GOPATH)/bin,
-# about five minutes on two cores, once per machine). Safe to run again.
-# Run as root.
+# about five minutes on two cores, once per machine; --no-s3 skips it).
+# Safe to run again. Run as root.
 set -euo pipefail
 export PATH=/usr/local/go/bin:$PATH
 
@@ -24,6 +24,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 modprobe fuse 2>/dev/null || true
 
+if [ "${1:-}" = --no-s3 ]; then
+	exit 0
+fi
 gobin=$(go env GOPATH)/bin
 if ! command -v versitygw >/dev/null && [ ! -x "$gobin/versitygw" ]; then
 	echo "== go install versitygw@$versitygw_version (S3 server for the store tests)"

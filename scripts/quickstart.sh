@@ -18,7 +18,7 @@ if ! command -v go >/dev/null; then
 	exit 1
 fi
 
-scripts/install-deps.sh
+scripts/install-deps.sh --no-s3
 
 echo "== build and install /usr/local/bin/ckptfs"
 make -s build
