@@ -206,5 +206,5 @@ func (m *mountState) logRefused(caller *fuse.Caller, pid int, file string, errno
 	if caller != nil {
 		args = append(args, "caller_pid", caller.Pid, "caller_uid", caller.Uid)
 	}
-	m.log.Warn("access refused", args...)
+	m.log.Warn("access denied", args...)
 }

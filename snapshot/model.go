@@ -124,9 +124,9 @@ type Region struct {
 	// VmFlags are the two-letter flags from smaps ("rd", "wr", "mr", ...).
 	VmFlags []string `json:"vmflags"`
 
-	// Saved says whether the contents were read. Regions that must not be
+	// Saved reports whether the contents were read. Regions that must not be
 	// read ([vvar], [vsyscall], userfaultfd ranges, device mappings) are
-	// listed but not saved; SkipReason says why.
+	// listed but not saved, and SkipReason gives the reason.
 	Saved      bool   `json:"saved"`
 	SkipReason string `json:"skip_reason,omitempty"`
 
