@@ -182,7 +182,7 @@ func (a *autosaver) readCounter(id snapshot.ProcessID) uint64 {
 func (a *autosaver) autoSaves(id snapshot.ProcessID) ([]snapshot.Info, error) {
 	infos, err := a.state.store.Snapshots(id)
 	if err != nil {
-		return nil, fmt.Errorf("list snapshots of pid %d: %w", id.PID, err)
+		return nil, err
 	}
 
 	var autos []snapshot.Info

@@ -193,7 +193,7 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name string) (*snapshot.Snapshot, error) {
 	snap, err := m.store.Load(id, name)
 	if err != nil {
-		return nil, fmt.Errorf("load snapshot %s of pid %d: %w", name, id.PID, err)
+		return nil, err
 	}
 	if err := mayUseSnapshot(creds, snap.Info.UID); err != nil {
 		m.closeSnapshot(snap)
@@ -306,7 +306,7 @@ func (m *mountState) explain(id snapshot.ProcessID, kind string, err error) erro
 func (m *mountState) checkNameFree(id snapshot.ProcessID, name string) error {
 	infos, err := m.store.Snapshots(id)
 	if err != nil {
-		return fmt.Errorf("list snapshots of pid %d: %w", id.PID, err)
+		return err
 	}
 	if slices.ContainsFunc(infos, func(info snapshot.Info) bool { return info.Name == name }) {
 		return fmt.Errorf("pid %d already has a snapshot named %s: %w", id.PID, name, unix.EEXIST)

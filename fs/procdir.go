@@ -156,7 +156,7 @@ func (d *procDir) lookupSnapshot(ctx context.Context, name string, out *fuse.Ent
 func (d *procDir) findSnapshot(name string) (snapshot.Info, error) {
 	infos, err := d.state.store.Snapshots(d.id)
 	if err != nil {
-		return snapshot.Info{}, fmt.Errorf("list snapshots of pid %d: %w", d.id.PID, err)
+		return snapshot.Info{}, err
 	}
 	for _, info := range infos {
 		if info.Name == name {
@@ -296,7 +296,7 @@ func (l *latestLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 func (m *mountState) newest(id snapshot.ProcessID) (string, error) {
 	infos, err := m.store.Snapshots(id)
 	if err != nil {
-		return "", fmt.Errorf("list snapshots of pid %d: %w", id.PID, err)
+		return "", err
 	}
 	if len(infos) == 0 {
 		return "", nil
