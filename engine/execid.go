@@ -57,15 +57,11 @@ func auxvValue(auxv []byte, key uint64) (uint64, bool) {
 }
 
 // exitedDuring turns the error of an operation on pid into one wrapping
-// ESRCH when the process exited or became a zombie meanwhile, because
+// ESRCH when the process exited or began to exit meanwhile, because
 // then the failure (an EIO from reading its memory, an ENOENT from /proc)
 // only reflects the exit. The original error stays in the text.
 func exitedDuring(pid int, err error) error {
-	if err == nil || errors.Is(err, unix.ESRCH) {
-		return err
-	}
-	st, statusErr := ReadStatus(pid)
-	if statusErr == nil && st.State != 'Z' && st.State != 'X' {
+	if err == nil || errors.Is(err, unix.ESRCH) || !Exiting(pid) {
 		return err
 	}
 	return fmt.Errorf("pid %d exited during the operation (%v): %w", pid, err, unix.ESRCH)

@@ -24,9 +24,9 @@ import (
 //     example a root process that dropped to another user: rolling its
 //     memory back would make it believe it still had its old identity.
 //
-// The check reads /proc without stopping the process, so a caller that
-// freezes the process afterwards races with an execve or setuid in
-// between.
+// Restore runs the check while the process is frozen. A caller may also
+// run it before freezing, to reject early, but its result can be outdated
+// by an execve or setuid before the freeze.
 func CheckUnchanged(pid int, img *snapshot.Image) error {
 	id, err := Identify(pid)
 	if err != nil {

@@ -158,7 +158,7 @@ func (op *Op) restore(img *snapshot.Image, mem snapshot.MemoryReader, parts rest
 // scratch page mapped yet.
 func (r *restorer) check() error {
 	op, img := r.op, r.img
-	if err := checkIdentity(op.pid, img); err != nil {
+	if err := CheckUnchanged(op.pid, img); err != nil {
 		return err
 	}
 	tids := make([]int, len(op.threads))

@@ -12,39 +12,6 @@ import (
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
-// checkIdentity rejects a restore onto a process other than the captured
-// one (ESRCH: the captured process is gone and its pid reused) or onto the
-// captured process after it called execve (EOPNOTSUPP).
-func checkIdentity(pid int, img *snapshot.Image) error {
-	id, err := Identify(pid)
-	if err != nil {
-		return err
-	}
-	if id.PID != img.Process.PID || id.StartTime != img.Process.StartTime || id.BootID != img.Process.BootID {
-		return reject(unix.ESRCH, fmt.Sprintf("pid %d is not the process of the snapshot: it started at tick %d, the captured one at tick %d", pid, id.StartTime, img.Process.StartTime))
-	}
-
-	exe, err := statIdentity(fmt.Sprintf("/proc/%d/exe", pid))
-	if err != nil {
-		return fmt.Errorf("stat executable of pid %d: %w", pid, err)
-	}
-	if exe.dev != img.ExeDev || exe.ino != img.ExeIno {
-		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d ran another program since the snapshot (executable inode %d, was %d %s)", pid, exe.ino, img.ExeIno, img.Exe))
-	}
-
-	if img.ExecID == "" {
-		return nil
-	}
-	execID, err := readExecID(pid)
-	if err != nil {
-		return err
-	}
-	if execID != img.ExecID {
-		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d called execve since the snapshot (it runs %s anew); capture it again", pid, img.Exe))
-	}
-	return nil
-}
-
 // checkThreads rejects a thread set that differs from the snapshot's,
 // naming the threads created and ended since.
 func checkThreads(cur []int, img *snapshot.Image) error {

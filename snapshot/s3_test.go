@@ -99,8 +99,8 @@ func TestS3ServerStoppedMidSave(t *testing.T) {
 		t.Fatalf("Save with the server stopped before its manifest succeeded")
 	}
 	t.Logf("Save error: %v", err)
-	if !strings.Contains(err.Error(), srv.addr) {
-		t.Errorf("Save error does not name the endpoint %s: %v", srv.addr, err)
+	if !strings.Contains(err.Error(), srv.Addr) {
+		t.Errorf("Save error does not name the endpoint %s: %v", srv.Addr, err)
 	}
 	if !strings.Contains(err.Error(), "lost/manifest") {
 		t.Errorf("Save error does not name the manifest it failed to put: %v", err)
@@ -211,7 +211,7 @@ func TestOpenURL(t *testing.T) {
 	if _, err := s.Save(img, "via-url"); err != nil {
 		t.Fatalf("Save: %v", err)
 	}
-	key := filepath.Join(srv.dir, testBucket, testPrefix, host, processDirNames(img.Process)[1], "via-url", manifestFile)
+	key := filepath.Join(srv.Dir, testBucket, testPrefix, host, processDirNames(img.Process)[1], "via-url", manifestFile)
 	if _, err := os.Stat(key); err != nil {
 		t.Errorf("manifest not at PREFIX/HOST/PROCESS/NAME/manifest: %v", err)
 	}

@@ -1,6 +1,6 @@
-// Package s3test runs a real S3 server for tests outside the snapshot
-// package: a Versity S3 gateway (versitygw) serving a temporary directory
-// on a free loopback port, killed by pid when the test ends.
+// Package s3test runs a real S3 server for tests: a Versity S3 gateway
+// (versitygw) serving a temporary directory on a free loopback port,
+// killed by pid when the test ends.
 package s3test
 
 import (
