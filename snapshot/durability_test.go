@@ -86,36 +86,6 @@ func TestSweepKeepsLockedWork(t *testing.T) {
 	}
 }
 
-func TestCorruptFrame(t *testing.T) {
-	s, _ := openTestStore(t)
-	img := testImage(901, 21)
-	if _, err := s.Save(img, "x"); err != nil {
-		t.Fatalf("Save: %v", err)
-	}
-	snap := load(t, s, img.Process, "x")
-
-	// Flip one byte in the middle of the last frame, which holds the
-	// data of region 3 only.
-	last := snap.index.frames[len(snap.index.frames)-1]
-	flipByte(t, filepath.Join(snap.dir, memoryFile), int64(last.FileOff)+int64(last.CLen)/2)
-
-	fresh := load(t, s, img.Process, "x")
-	got := make([]byte, img.Regions[3].Len())
-	err := fresh.ReadRegion(3, got, 0)
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("ReadRegion of a corrupt frame = %v, want ErrCorrupt", err)
-	}
-	if !errors.Is(err, unix.EIO) {
-		t.Errorf("ErrCorrupt does not wrap EIO: %v", err)
-	}
-
-	want := regionBytes(&img.Regions[0])
-	got = make([]byte, len(want))
-	if err := fresh.ReadRegion(0, got, 0); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("region 0, stored in intact frames: err %v, equal %v", err, bytes.Equal(got, want))
-	}
-}
-
 func TestCorruptFrameEveryByte(t *testing.T) {
 	s, _ := openTestStore(t)
 	rng := rand.New(rand.NewPCG(3, 4))

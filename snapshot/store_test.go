@@ -199,52 +199,6 @@ func TestZeroPagesNotStored(t *testing.T) {
 	}
 }
 
-func TestAutoNames(t *testing.T) {
-	s, _ := openTestStore(t)
-	img := testImage(500, 4)
-	save := func(name string) string {
-		t.Helper()
-		info, err := s.Save(img, name)
-		if err != nil {
-			t.Fatalf("Save(%q): %v", name, err)
-		}
-		return info.Name
-	}
-
-	if got := save(""); got != "snap-1" {
-		t.Errorf("first auto name = %s, want snap-1", got)
-	}
-	if got := save(""); got != "snap-2" {
-		t.Errorf("second auto name = %s, want snap-2", got)
-	}
-	if err := s.Remove(img.Process, "snap-2"); err != nil {
-		t.Fatalf("Remove snap-2: %v", err)
-	}
-	if got := save(""); got != "snap-3" {
-		t.Errorf("auto name after removing snap-2 = %s, want snap-3", got)
-	}
-
-	save("snap-7")
-	if got := save(""); got != "snap-8" {
-		t.Errorf("auto name after a user took snap-7 = %s, want snap-8", got)
-	}
-
-	// The counter is on disk: a second Store continues it.
-	for _, name := range []string{"snap-1", "snap-3", "snap-7", "snap-8"} {
-		if err := s.Remove(img.Process, name); err != nil {
-			t.Fatalf("Remove %s: %v", name, err)
-		}
-	}
-	other, _ := openStoreAt(t, s.Dir())
-	info, err := other.Save(img, "")
-	if err != nil {
-		t.Fatalf("Save in a second Store: %v", err)
-	}
-	if info.Name != "snap-9" {
-		t.Errorf("auto name after removing every snapshot = %s, want snap-9", info.Name)
-	}
-}
-
 func TestSaveNameTaken(t *testing.T) {
 	s, _ := openTestStore(t)
 	img := testImage(501, 5)
