@@ -57,8 +57,8 @@ func kernelThread(pid int, st *Status) bool {
 }
 
 // sameExecutable reports whether processes a and b run the same executable
-// file, which tells another ckptfs (the mount and the command line share a
-// store) from a debugger.
+// file. It distinguishes another ckptfs (the mount and the command line
+// share a store) from a debugger.
 func sameExecutable(a, b int) bool {
 	var sa, sb unix.Stat_t
 	if unix.Stat(fmt.Sprintf("/proc/%d/exe", a), &sa) != nil || unix.Stat(fmt.Sprintf("/proc/%d/exe", b), &sb) != nil {

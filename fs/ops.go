@@ -81,7 +81,7 @@ func (m *mountState) finishCapture(op *engine.Op, ps *procState, rec opRecord, i
 	save, err := m.captureFrozen(op, rec, id)
 	if err != nil {
 		// Closing the op first lets a process killed while traced be reaped,
-		// so that explain sees it gone.
+		// so that explain finds it gone.
 		op.Close()
 		return m.failed(ps, rec, id, m.explain(id, "capture", err))
 	}

@@ -83,7 +83,7 @@ func (d *procDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 
 // lookupControl returns the node of a control file. While a capture or
 // restore of the process runs, every lookup gets a new node, which the
-// kernel sees as a new inode. The kernel holds an inode's lock for the
+// kernel treats as a new inode. The kernel holds an inode's lock for the
 // whole of a write to it (and an open with O_TRUNC waits for that lock),
 // so a second writer of the same inode would wait in the kernel until the
 // first write returned instead of getting EBUSY. A target frozen while it

@@ -7,9 +7,9 @@ import (
 )
 
 // ProcessID identifies one process for its whole life. A pid alone is not
-// enough because the kernel recycles pids; the start time (field 22 of
-// /proc/PID/stat, in clock ticks since boot) and the boot id tell a new
-// process with a recycled pid apart from the one that was captured.
+// enough, because the kernel recycles pids. The start time (field 22 of
+// /proc/PID/stat, in clock ticks since boot) and the boot id distinguish a
+// new process with a recycled pid from the one that was captured.
 type ProcessID struct {
 	PID       int    `json:"pid"`
 	StartTime uint64 `json:"start_time"`
@@ -24,8 +24,8 @@ type Credentials struct {
 }
 
 // Image is the state of a process captured while it was frozen: everything a
-// restore needs except the bytes of memory, which live in Region.Runs while
-// the image is in the daemon's memory and in the store's frames once it is
+// restore needs except the bytes of memory. Those are in Region.Runs while
+// the image is fresh from capture, and in the store's frames once it is
 // saved.
 type Image struct {
 	Process ProcessID   `json:"process"`

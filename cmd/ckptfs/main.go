@@ -5,7 +5,7 @@
 // directly, so they work without a mount and may share a store with one.
 //
 // Exit status: 0 on success, 1 when an operation failed (stderr names the
-// process and the snapshot and says what to do), 2 on a usage error (an
+// process and the snapshot and what to do next), 2 on a usage error (an
 // unknown flag or command, a wrong number of arguments, an invalid PID or
 // snapshot name).
 package main
