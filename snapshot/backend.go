@@ -32,6 +32,11 @@ type backend interface {
 
 	// location returns the directory or URL that Store.Dir reports.
 	location() string
+
+	// linksBase reports whether saveImage stores an image with a Base by
+	// pointing at the base's frames. When it does not, the Store gives
+	// saveImage a source that reads Base runs from the base instead.
+	linksBase() bool
 }
 
 // memoryObject is the stored memory file of a loaded snapshot. A Snapshot

@@ -48,9 +48,7 @@ var testBackends = []testBackend{
 			if err != nil {
 				t.Fatalf("makeTempDir: %v", err)
 			}
-			if _, err := writeData(tmp.path, img); err != nil {
-				t.Fatalf("writeData: %v", err)
-			}
+			writeDataSynced(t, tmp.path, img, runData{img}, nil)
 			if err := tmp.unlock(); err != nil {
 				t.Fatalf("unlock: %v", err)
 			}
@@ -63,7 +61,7 @@ var testBackends = []testBackend{
 			return found
 		},
 		flipMemoryByte: func(t *testing.T, snap *Snapshot, off int64) {
-			flipByte(t, filepath.Join(snap.dir, memoryFile), off)
+			flipByte(t, dataPath(snap), off)
 		},
 	},
 	{
@@ -78,7 +76,7 @@ var testBackends = []testBackend{
 		},
 		crash: func(t *testing.T, s *Store, img *Image) {
 			b := s3Of(t, s)
-			if _, err := b.upload(b.processPrefix(img.Process), newUploadID(), img, runData{img}); err != nil {
+			if _, err := b.upload(b.processPrefix(img.Process), newDataID(), img, runData{img}); err != nil {
 				t.Fatalf("upload: %v", err)
 			}
 		},

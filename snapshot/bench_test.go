@@ -80,3 +80,66 @@ func BenchmarkReadRegion(b *testing.B) {
 		}
 	}
 }
+
+// smallImage returns an image of about 400 KiB in a few regions, the size
+// of an idle sleep(1): text, zero and random pages.
+func smallImage() *Image {
+	rng := rand.New(rand.NewPCG(13, 14))
+	kinds := append(append(repeat("text", 60), repeat("zero", 20)...), repeat("random", 20)...)
+	return &Image{
+		Process: testProcess(1101),
+		Threads: []Thread{{TID: 1101, Xstate: fill(rng, "random", 2432)}},
+		Maps:    []byte("555500000000-555500040000 rw-p 00000000 00:00 0 [heap]\n"),
+		Regions: []Region{
+			{Start: 0x555500000000, End: 0x555500000000 + 64*page, Perms: "rw-p", Saved: true,
+				Runs: []Run{runOf(rng, 0, kinds[:40]...)}},
+			{Start: 0x7f0000000000, End: 0x7f0000000000 + 32*page, Perms: "rw-p", Saved: true,
+				Runs: []Run{runOf(rng, 0, kinds[40:70]...)}},
+			{Start: 0x7ffd00000000, End: 0x7ffd00000000 + 33*page, Perms: "rw-p", Path: "[stack]", Saved: true,
+				Runs: []Run{runOf(rng, 3, kinds[70:]...)}},
+		},
+	}
+}
+
+// BenchmarkSaveSmall measures the fixed cost of a save, which syncs the
+// disk, for a tiny image: into the directory of a process saved before,
+// and as the first save of a process, which also creates its directory.
+func BenchmarkSaveSmall(b *testing.B) {
+	b.Run("again", func(b *testing.B) {
+		s, _ := openTestStore(b)
+		img := smallImage()
+		if _, err := s.Save(img, "first"); err != nil {
+			b.Fatalf("Save: %v", err)
+		}
+		b.ResetTimer()
+
+		for b.Loop() {
+			saveAndRemove(b, s, img)
+		}
+	})
+
+	b.Run("first", func(b *testing.B) {
+		s, _ := openTestStore(b)
+		img := smallImage()
+		b.ResetTimer()
+
+		for b.Loop() {
+			img.Process.PID++
+			saveAndRemove(b, s, img)
+		}
+	})
+}
+
+// saveAndRemove times a Save of img and removes the snapshot untimed.
+func saveAndRemove(b *testing.B, s *Store, img *Image) {
+	info, err := s.Save(img, "")
+	if err != nil {
+		b.Fatalf("Save: %v", err)
+	}
+
+	b.StopTimer()
+	if err := s.Remove(img.Process, info.Name); err != nil {
+		b.Fatalf("Remove: %v", err)
+	}
+	b.StartTimer()
+}

@@ -22,16 +22,17 @@ func TestCrashBeforeCommitListsNothing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("makeTempDir: %v", err)
 	}
-	if _, err := writeData(tmp.path, img); err != nil {
-		t.Fatalf("writeData: %v", err)
-	}
+	writeDataSynced(t, tmp.path, img, runData{img}, nil)
 	if err := tmp.unlock(); err != nil {
 		t.Fatalf("unlock: %v", err)
 	}
 
-	// A snapshot directory without a manifest, as a crash in an older
-	// layout or a copy by hand could leave.
-	proc, err := s.ensureProcessDir(img.Process, 1000)
+	// A directory with a snapshot's name but no manifest file, as a copy
+	// by hand could leave.
+	proc, created, err := s.ensureProcessDir(img.Process, 1000)
+	if err == nil {
+		err = created.wait()
+	}
 	if err != nil {
 		t.Fatalf("ensureProcessDir: %v", err)
 	}
@@ -39,9 +40,7 @@ func TestCrashBeforeCommitListsNothing(t *testing.T) {
 	if err := os.Mkdir(half, 0o700); err != nil {
 		t.Fatalf("mkdir: %v", err)
 	}
-	if _, err := writeData(half, img); err != nil {
-		t.Fatalf("writeData: %v", err)
-	}
+	writeDataSynced(t, half, img, runData{img}, nil)
 
 	list, err := s.List(0)
 	if err != nil {
@@ -96,7 +95,7 @@ func TestCorruptFrameEveryByte(t *testing.T) {
 		t.Fatalf("Save: %v", err)
 	}
 	snap := load(t, s, img.Process, "x")
-	path := filepath.Join(snap.dir, memoryFile)
+	path := dataPath(snap)
 	size := int64(snap.index.dataSize())
 
 	// A damaged byte the decoder never uses may still give the right
@@ -130,8 +129,12 @@ func TestCorruptMetadata(t *testing.T) {
 			if _, err := s.Save(img, "x"); err != nil {
 				t.Fatalf("Save: %v", err)
 			}
-			dir := load(t, s, img.Process, "x").dir
-			flipByte(t, filepath.Join(dir, file), 20)
+			snap := load(t, s, img.Process, "x")
+			m, err := readManifestFile(snap.dir)
+			if err != nil {
+				t.Fatalf("read manifest: %v", err)
+			}
+			flipByte(t, dataPath(snap), int64(sectionOffset(m, file))+20)
 
 			if _, err := s.Load(img.Process, "x"); !errors.Is(err, ErrCorrupt) {
 				t.Errorf("Load with a damaged %s = %v, want ErrCorrupt", file, err)
@@ -145,8 +148,7 @@ func TestCorruptMetadata(t *testing.T) {
 		if _, err := s.Save(img, "x"); err != nil {
 			t.Fatalf("Save: %v", err)
 		}
-		dir := load(t, s, img.Process, "x").dir
-		flipByte(t, filepath.Join(dir, manifestFile), 60)
+		flipByte(t, load(t, s, img.Process, "x").dir, 60)
 
 		if list, _ := s.List(0); len(list) != 0 {
 			t.Errorf("List with a damaged manifest = %v, want nothing", names(list))
@@ -165,8 +167,7 @@ func TestCorruptMetadata(t *testing.T) {
 		if _, err := s.Save(img, "x"); err != nil {
 			t.Fatalf("Save: %v", err)
 		}
-		dir := load(t, s, img.Process, "x").dir
-		if err := os.Truncate(filepath.Join(dir, memoryFile), 100); err != nil {
+		if err := os.Truncate(dataPath(load(t, s, img.Process, "x")), 100); err != nil {
 			t.Fatalf("truncate: %v", err)
 		}
 		if list, _ := s.List(0); len(list) != 0 {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -195,4 +196,23 @@ func firstDiff(a, b []byte) string {
 		}
 	}
 	return fmt.Sprintf("lengths %d and %d", len(a), len(b))
+}
+
+// dataPath returns the path of the data file of a loaded local snapshot.
+func dataPath(snap *Snapshot) string {
+	return filepath.Join(filepath.Dir(snap.dir), dataFileName(snap.id))
+}
+
+// writeDataSynced writes the data file of img into dir, as a save does
+// before its commit, and waits until it is synced.
+func writeDataSynced(t *testing.T, dir string, img *Image, src MemorySource, link *baseLink) *dataFile {
+	t.Helper()
+	data, err := writeData(dir, img, src, link)
+	if err != nil {
+		t.Fatalf("writeData: %v", err)
+	}
+	if err := data.synced.wait(); err != nil {
+		t.Fatalf("sync data file: %v", err)
+	}
+	return data
 }

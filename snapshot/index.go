@@ -2,54 +2,67 @@ package snapshot
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"sort"
 )
 
-// The index file is the seek table of the memory file. All integers are
+// The index file is the seek table of a snapshot's memory, compressed
+// with zstd as one frame (see packIndex). Decompressed, all integers are
 // little endian:
 //
-//	header   magic "ckptidx\n", u32 version, u32 regions, u32 frames, u32 extents
+//	header   magic "ckptidx\n", u32 version, u32 regions, u32 frames,
+//	         u32 extents, u32 sources, u32 zero
+//	sources  per source: the 16-byte data id of another snapshot's data
 //	frames   per frame: u64 file offset, u32 compressed length,
-//	         u32 uncompressed length, u64 xxhash64 of the uncompressed bytes
+//	         u32 uncompressed length, u64 xxhash64 of the uncompressed
+//	         bytes, u32 source, u32 zero
 //	counts   per region: u32 number of its extents
 //	extents  per extent, grouped by region in region order:
 //	         u64 region offset, u64 length, u32 frame, u32 offset in the
 //	         frame's uncompressed bytes, u8 kind, 7 zero bytes
 //
-// Frames lie back to back in the memory file from offset 0. The extents of a
-// region are sorted by offset, do not overlap, and exactly tile the region's
-// runs: bytes outside every run have no extent and read as zeros.
+// A frame of source 0 lies in this snapshot's own memory; those frames come
+// first and lie back to back from offset 0. A frame of source k >= 1 lies
+// in the memory of the data whose id is the k-th of sources, at its file
+// offset: an incremental snapshot points at the frames of older ones. The
+// extents of a region are sorted by offset, do not overlap, and exactly tile
+// the region's runs: bytes outside every run have no extent and read as
+// zeros.
 const (
 	indexMagic   = "ckptidx\n"
-	indexVersion = 1
+	indexVersion = 3
 
-	indexHeaderSize = 24
-	frameEntrySize  = 24
+	indexHeaderSize = 32
+	sourceEntrySize = dataIDLen / 2
+	frameEntrySize  = 32
 	extentEntrySize = 32
 )
 
 // Extent kinds.
 const (
-	// extentData bytes are stored in frame Frame of this snapshot, starting
+	// extentData bytes are stored in frame Frame of the index, starting
 	// at FrameOff of its uncompressed bytes.
 	extentData = 1
 
 	// extentZero bytes are all-zero pages inside a run; nothing is stored,
 	// and Frame and FrameOff are zero.
 	extentZero = 2
-
-	// NOTE: incremental snapshots go here: an extentParent kind whose Frame
-	// indexes a frame table of the parent snapshot (named in the manifest)
-	// or of a per-owner dedup pack, so unchanged pages cost one extent.
 )
 
 // maxFrameSize bounds the uncompressed length of a frame that parseIndex
 // accepts. The writer uses frameSize.
 const maxFrameSize = 4 << 20
 
+// maxFileOffset bounds the file offset of a frame, so that the offset
+// and length of every frame fit an int64 file position.
+const maxFileOffset = 1 << 62
+
 // index is the parsed seek table.
 type index struct {
+	// sources are the data ids (hex) of the other snapshots whose frames
+	// this index uses; frame source k is sources[k-1].
+	sources []string
 	frames  []frameEntry
 	regions [][]extent
 }
@@ -59,6 +72,7 @@ type frameEntry struct {
 	CLen    uint32
 	ULen    uint32
 	Hash    uint64
+	Source  uint32 // 0: this snapshot's memory; k: that of sources[k-1]
 }
 
 type extent struct {
@@ -72,13 +86,16 @@ type extent struct {
 // end returns the region offset just past the extent.
 func (e extent) end() uint64 { return e.Off + e.Len }
 
-// dataSize returns the length of the memory file the frames describe.
+// dataSize returns the length of the snapshot's own memory: the end of its
+// last frame of source 0.
 func (x *index) dataSize() uint64 {
-	if len(x.frames) == 0 {
-		return 0
+	size := uint64(0)
+	for _, f := range x.frames {
+		if f.Source == 0 {
+			size = f.FileOff + uint64(f.CLen)
+		}
 	}
-	last := x.frames[len(x.frames)-1]
-	return last.FileOff + uint64(last.CLen)
+	return size
 }
 
 // encode returns the bytes of the index file.
@@ -87,7 +104,8 @@ func (x *index) encode() []byte {
 	for _, region := range x.regions {
 		extents += len(region)
 	}
-	size := indexHeaderSize + len(x.frames)*frameEntrySize + len(x.regions)*4 + extents*extentEntrySize
+	size := indexHeaderSize + len(x.sources)*sourceEntrySize + len(x.frames)*frameEntrySize +
+		len(x.regions)*4 + extents*extentEntrySize
 	b := make([]byte, 0, size)
 
 	b = append(b, indexMagic...)
@@ -95,11 +113,20 @@ func (x *index) encode() []byte {
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(x.regions)))
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(x.frames)))
 	b = binary.LittleEndian.AppendUint32(b, uint32(extents))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(x.sources)))
+	b = binary.LittleEndian.AppendUint32(b, 0)
+	for _, id := range x.sources {
+		// parseIndex and the writer only put valid ids here.
+		raw, _ := hex.DecodeString(id)
+		b = append(b, raw...)
+	}
 	for _, f := range x.frames {
 		b = binary.LittleEndian.AppendUint64(b, f.FileOff)
 		b = binary.LittleEndian.AppendUint32(b, f.CLen)
 		b = binary.LittleEndian.AppendUint32(b, f.ULen)
 		b = binary.LittleEndian.AppendUint64(b, f.Hash)
+		b = binary.LittleEndian.AppendUint32(b, f.Source)
+		b = binary.LittleEndian.AppendUint32(b, 0)
 	}
 	for _, region := range x.regions {
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(region)))
@@ -126,16 +153,27 @@ func parseIndex(b []byte) (*index, error) {
 		return nil, fmt.Errorf("index format version %d is not the supported %d: %w", v, indexVersion, ErrCorrupt)
 	}
 	nregions, nframes, nextents := uint64(le.Uint32(b[12:])), uint64(le.Uint32(b[16:])), uint64(le.Uint32(b[20:]))
+	nsources := uint64(le.Uint32(b[24:]))
+	if le.Uint32(b[28:]) != 0 {
+		return nil, fmt.Errorf("index header has nonzero padding: %w", ErrCorrupt)
+	}
 
 	// Check the length before allocating anything the counts ask for.
-	want := indexHeaderSize + nframes*frameEntrySize + nregions*4 + nextents*extentEntrySize
+	want := indexHeaderSize + nsources*sourceEntrySize + nframes*frameEntrySize + nregions*4 + nextents*extentEntrySize
 	if uint64(len(b)) != want {
 		return nil, fmt.Errorf("index is %d bytes, its counts need %d: %w", len(b), want, ErrCorrupt)
 	}
 
 	x := &index{}
 	b = b[indexHeaderSize:]
-	frames, err := parseFrames(b[:nframes*frameEntrySize])
+	sources, err := parseSources(b[:nsources*sourceEntrySize])
+	if err != nil {
+		return nil, err
+	}
+	x.sources = sources
+	b = b[nsources*sourceEntrySize:]
+
+	frames, err := parseFrames(b[:nframes*frameEntrySize], len(sources))
 	if err != nil {
 		return nil, err
 	}
@@ -162,9 +200,28 @@ func parseIndex(b []byte) (*index, error) {
 	return x, nil
 }
 
-func parseFrames(b []byte) ([]frameEntry, error) {
+// parseSources decodes the data ids of the sources table, which must be
+// distinct.
+func parseSources(b []byte) ([]string, error) {
+	sources := make([]string, len(b)/sourceEntrySize)
+	seen := make(map[string]bool, len(sources))
+	for k := range sources {
+		id := hex.EncodeToString(b[k*sourceEntrySize : (k+1)*sourceEntrySize])
+		if seen[id] {
+			return nil, fmt.Errorf("index source %d repeats data %s: %w", k+1, id, ErrCorrupt)
+		}
+		seen[id] = true
+		sources[k] = id
+	}
+	return sources, nil
+}
+
+// parseFrames decodes the frame table: first the frames of source 0, back
+// to back from offset 0, then those of sources 1 to nsources.
+func parseFrames(b []byte, nsources int) ([]frameEntry, error) {
 	frames := make([]frameEntry, len(b)/frameEntrySize)
 	next := uint64(0)
+	foreign := false
 	for i := range frames {
 		e := b[i*frameEntrySize:]
 		f := frameEntry{
@@ -172,17 +229,43 @@ func parseFrames(b []byte) ([]frameEntry, error) {
 			CLen:    binary.LittleEndian.Uint32(e[8:]),
 			ULen:    binary.LittleEndian.Uint32(e[12:]),
 			Hash:    binary.LittleEndian.Uint64(e[16:]),
+			Source:  binary.LittleEndian.Uint32(e[24:]),
 		}
-		if f.FileOff != next {
-			return nil, fmt.Errorf("index frame %d starts at %d, expected %d: %w", i, f.FileOff, next, ErrCorrupt)
+		if binary.LittleEndian.Uint32(e[28:]) != 0 {
+			return nil, fmt.Errorf("index frame %d has nonzero padding: %w", i, ErrCorrupt)
 		}
-		if f.CLen == 0 || f.ULen == 0 || f.ULen > maxFrameSize {
-			return nil, fmt.Errorf("index frame %d has lengths %d/%d: %w", i, f.CLen, f.ULen, ErrCorrupt)
+		if f.CLen == 0 || f.ULen == 0 || f.ULen > maxFrameSize || f.FileOff > maxFileOffset {
+			return nil, fmt.Errorf("index frame %d has offset %d and lengths %d/%d: %w", i, f.FileOff, f.CLen, f.ULen, ErrCorrupt)
 		}
-		next += uint64(f.CLen)
+		if err := checkFrameSource(i, f, nsources, foreign, next); err != nil {
+			return nil, err
+		}
+		if f.Source == 0 {
+			next += uint64(f.CLen)
+		}
+		if f.Source != 0 {
+			foreign = true
+		}
 		frames[i] = f
 	}
 	return frames, nil
+}
+
+// checkFrameSource checks where frame i lies: a frame of source 0 at next
+// and before every frame of another source, any other within the sources
+// table.
+func checkFrameSource(i int, f frameEntry, nsources int, afterForeign bool, next uint64) error {
+	switch {
+	case uint64(f.Source) > uint64(nsources):
+		return fmt.Errorf("index frame %d names source %d of %d: %w", i, f.Source, nsources, ErrCorrupt)
+	case f.Source != 0:
+		return nil
+	case afterForeign:
+		return fmt.Errorf("index frame %d of this snapshot follows frames of other sources: %w", i, ErrCorrupt)
+	case f.FileOff != next:
+		return fmt.Errorf("index frame %d starts at %d, expected %d: %w", i, f.FileOff, next, ErrCorrupt)
+	}
+	return nil
 }
 
 // parseExtents decodes the extents of one region and checks them against

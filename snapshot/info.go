@@ -25,8 +25,14 @@ type Info struct {
 	// zero pages included.
 	Bytes uint64 `json:"bytes"`
 
-	// Stored is the size of the snapshot's files on disk, manifest included.
+	// Stored is the size of the snapshot's files on disk, manifest
+	// included. For an incremental snapshot it counts only what that
+	// snapshot added, not the frames it shares with older snapshots.
 	Stored uint64 `json:"stored"`
+
+	// Base is Image.Base: the snapshot this one was captured relative to,
+	// or empty.
+	Base string `json:"base,omitempty"`
 }
 
 // newInfo describes img saved under name; Stored is left zero.
@@ -41,6 +47,7 @@ func newInfo(img *Image, name string) Info {
 		Frozen:   img.Frozen,
 		Threads:  len(img.Threads),
 		Regions:  len(img.Regions),
+		Base:     img.Base,
 	}
 	for i := range img.Regions {
 		for _, run := range img.Regions[i].Runs {

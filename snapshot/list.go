@@ -124,13 +124,12 @@ func (s *dirStore) snapshotsIn(proc string, id ProcessID) ([]Info, error) {
 
 	infos := []Info{}
 	for _, entry := range entries {
-		if !entry.IsDir() || ValidName(entry.Name()) != nil {
+		if ValidName(entry.Name()) != nil {
 			continue
 		}
-		dir := filepath.Join(proc, entry.Name())
-		info, _, err := readInfo(dir, entry.Name(), id)
+		info, _, err := readInfo(proc, entry.Name(), id)
 		if err != nil {
-			s.warnOnce(dir, "skipping snapshot directory without a valid manifest", err)
+			s.warnOnce(filepath.Join(proc, entry.Name()), "skipping snapshot without a valid manifest", err)
 			continue
 		}
 		infos = append(infos, info)
@@ -138,29 +137,14 @@ func (s *dirStore) snapshotsIn(proc string, id ProcessID) ([]Info, error) {
 	return infos, nil
 }
 
-// readInfo reads and checks the manifest of the snapshot directory dir,
-// which must describe the snapshot name of process id.
-func readInfo(dir, name string, id ProcessID) (Info, *manifest, error) {
-	m, stored, err := readManifest(dir)
-	if err != nil {
-		return Info{}, nil, err
-	}
-	if m.Info.Name != name || m.Info.Process != id {
-		return Info{}, nil, fmt.Errorf("manifest of %s describes snapshot %q of pid %d start time %d: %w",
-			dir, m.Info.Name, m.Info.Process.PID, m.Info.Process.StartTime, ErrCorrupt)
-	}
-
-	info := m.Info
-	info.Stored = stored
-	return info, m, nil
-}
-
 // Remove deletes the snapshot name of process p. The snapshot disappears at
-// once (its directory is renamed out of the process directory under the
-// lock, or its manifest object is deleted first) and its files are deleted
-// afterwards. The process directory and its auto-name counter stay, so
-// snap-N numbers are not reused. A missing snapshot gives an error wrapping
-// unix.ENOENT, an invalid name one wrapping unix.EINVAL.
+// once (its manifest is moved out of the process directory under the lock,
+// or its manifest object is deleted first) and the name can be used again
+// at once. Its data is deleted afterwards, in a directory only when no
+// other snapshot of the process points into its frames. The process
+// directory and its auto-name counter stay, so snap-N numbers are not
+// reused. A missing snapshot gives an error wrapping unix.ENOENT, an
+// invalid name one wrapping unix.EINVAL.
 func (s *Store) Remove(p ProcessID, name string) error {
 	if err := ValidName(name); err != nil {
 		return fmt.Errorf("remove snapshot of process %d: %w", p.PID, err)
@@ -183,6 +167,9 @@ func (s *dirStore) removeSnapshot(p ProcessID, name string) error {
 		return fmt.Errorf("remove snapshot %s: %w", name, err)
 	}
 	trash, err := s.detach(proc, name)
+	if err == nil {
+		s.collectOrWarn(proc)
+	}
 	if unlockErr := lock.unlock(); err == nil && unlockErr != nil {
 		err = unlockErr
 	}
@@ -190,31 +177,33 @@ func (s *dirStore) removeSnapshot(p ProcessID, name string) error {
 		return fmt.Errorf("remove snapshot %s of process %d: %w", name, p.PID, err)
 	}
 
-	if err := os.RemoveAll(trash); err != nil {
-		s.log.Warn("cannot delete files of removed snapshot, the next Open deletes them",
+	if err := os.Remove(trash); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("cannot delete manifest of removed snapshot, the next Open deletes it",
 			"snapshot", name, "pid", p.PID, "path", trash, "err", err)
 	}
 	return nil
 }
 
-// detach renames the snapshot directory proc/name to a new .tmp-* path in
-// the store's top directory and returns that path. The caller holds the
-// lock of proc.
+// detach moves the manifest proc/name to a new .tmp-rm-* path in the
+// store's top directory, syncs proc, and returns that path. The snapshot
+// is then gone. After a crash, a sweep that finds the moved manifest reads
+// from it which process directory may hold data no snapshot uses. The caller
+// holds the lock of proc.
 func (s *dirStore) detach(proc, name string) (string, error) {
-	dir := filepath.Join(proc, name)
-	info, err := os.Lstat(dir)
+	path := filepath.Join(proc, name)
+	info, err := os.Lstat(path)
 	if err != nil {
-		return "", fmt.Errorf("stat %s: %w", dir, err)
+		return "", fmt.Errorf("stat %s: %w", path, err)
 	}
-	if !info.IsDir() {
-		return "", fmt.Errorf("%s is not a snapshot directory: %w", dir, unix.ENOENT)
+	if !info.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a snapshot manifest: %w", path, unix.ENOENT)
 	}
 
 	random := make([]byte, 8)
 	rand.Read(random)
 	trash := filepath.Join(s.dir, tmpPrefix+"rm-"+hex.EncodeToString(random))
-	if err := os.Rename(dir, trash); err != nil {
-		return "", fmt.Errorf("move %s out of the process directory: %w", dir, err)
+	if err := os.Rename(path, trash); err != nil {
+		return "", fmt.Errorf("move %s out of the process directory: %w", path, err)
 	}
 	if err := syncDir(proc); err != nil {
 		return "", err

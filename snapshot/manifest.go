@@ -2,12 +2,12 @@ package snapshot
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -20,7 +20,9 @@ import (
 // caller that maps errors to errno values reports an I/O error.
 var ErrCorrupt = fmt.Errorf("snapshot data corrupt: %w", unix.EIO)
 
-// Names of the files of a snapshot directory.
+// Names of the parts of a snapshot: its manifest and the data files the
+// manifest lists. In a bucket each is an object. In a directory the
+// manifest is a file and the others are sections of one data file.
 const (
 	manifestFile = "manifest"
 	imageFile    = "image.json"
@@ -29,31 +31,36 @@ const (
 	memoryFile   = "memory"
 )
 
-// dataFiles are the files a manifest lists, in the order it lists them.
-var dataFiles = []string{imageFile, mapsFile, indexFile, memoryFile}
+// dataFiles are the files a manifest lists, in the order it lists them and
+// a local data file holds them.
+var dataFiles = []string{memoryFile, imageFile, mapsFile, indexFile}
 
 const (
 	manifestMagic   = "ckptfs-manifest"
-	manifestVersion = 1
+	manifestVersion = 2
 
 	// maxManifestSize bounds what readManifest reads; a real manifest is
 	// well under 4 KiB.
 	maxManifestSize = 1 << 20
 )
 
-// manifest is the last file written into a snapshot directory. Its first
-// line is "ckptfs-manifest VERSION xxh64=HASH", where HASH is the xxhash64 of
-// the JSON body that follows, so a damaged manifest is detected before any
-// of its fields is used.
+// manifest is the part of a snapshot written last, which commits it. Its
+// first line is "ckptfs-manifest VERSION xxh64=HASH", where HASH is the
+// xxhash64 of the JSON body that follows, so a damaged manifest is detected
+// before any of its fields is used.
 type manifest struct {
 	Version int         `json:"version"`
 	Info    Info        `json:"info"` // Stored is always zero here
 	Files   []fileEntry `json:"files"`
 
-	// Data names the upload that holds the other files in a remote store,
-	// where they lie apart from the manifest. It is empty in a local store,
-	// whose files sit beside the manifest.
-	Data string `json:"data,omitempty"`
+	// Data is the id of the snapshot's data: the name of its data file in
+	// a directory, of its upload in a bucket. Ids are random and never
+	// reused, unlike snapshot names.
+	Data string `json:"data"`
+
+	// Sources are the ids of the data of other snapshots whose frames the
+	// index uses, as in the index's sources table.
+	Sources []string `json:"sources,omitempty"`
 }
 
 // fileEntry records the size and xxhash64 of one file of a snapshot.
@@ -146,8 +153,15 @@ func (m *manifest) check() error {
 		return fmt.Errorf("manifest has a negative count or a pid below 1: %w", ErrCorrupt)
 	}
 
-	if m.Data != "" && !validUploadID(m.Data) {
-		return fmt.Errorf("manifest data upload %.40q is not %d lowercase hex digits: %w", m.Data, uploadIDLen, ErrCorrupt)
+	if !validDataID(m.Data) {
+		return fmt.Errorf("manifest data id %.40q is not %d lowercase hex digits: %w", m.Data, dataIDLen, ErrCorrupt)
+	}
+	seen := map[string]bool{m.Data: true}
+	for _, id := range m.Sources {
+		if !validDataID(id) || seen[id] {
+			return fmt.Errorf("manifest source %.40q is not %d lowercase hex digits or repeats an id: %w", id, dataIDLen, ErrCorrupt)
+		}
+		seen[id] = true
 	}
 
 	if len(m.Files) != len(dataFiles) {
@@ -171,39 +185,6 @@ func (m *manifest) file(name string) fileEntry {
 	panic("snapshot: manifest checked without file " + name)
 }
 
-// readManifest reads and parses dir/manifest and checks that every file it
-// lists exists with the recorded size. It returns the manifest and the total
-// size of the snapshot's files. A missing manifest gives an error wrapping
-// os.ErrNotExist; any other damage one wrapping ErrCorrupt.
-func readManifest(dir string) (*manifest, uint64, error) {
-	data, err := readAtMost(filepath.Join(dir, manifestFile), maxManifestSize)
-	if err != nil {
-		return nil, 0, err
-	}
-
-	m, err := parseManifest(data)
-	if err != nil {
-		return nil, 0, fmt.Errorf("manifest of %s: %w", dir, err)
-	}
-	if m.Data != "" {
-		return nil, 0, fmt.Errorf("manifest of %s names remote data upload %s: %w", dir, m.Data, ErrCorrupt)
-	}
-
-	stored := uint64(len(data))
-	for _, entry := range m.Files {
-		info, err := os.Lstat(filepath.Join(dir, entry.Name))
-		if err != nil {
-			return nil, 0, fmt.Errorf("file listed in manifest of %s: %v: %w", dir, err, ErrCorrupt)
-		}
-		if !info.Mode().IsRegular() || uint64(info.Size()) != entry.Size {
-			return nil, 0, fmt.Errorf("%s/%s is %d bytes (type %v), expected %d from the manifest: %w",
-				dir, entry.Name, info.Size(), info.Mode().Type(), entry.Size, ErrCorrupt)
-		}
-		stored += entry.Size
-	}
-	return m, stored, nil
-}
-
 // readAtMost reads a whole file that must not exceed limit bytes.
 func readAtMost(path string, limit int64) ([]byte, error) {
 	file, err := os.Open(path)
@@ -222,29 +203,6 @@ func readAtMost(path string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// readVerified reads one file listed in a manifest and checks its size and
-// hash against the entry.
-func readVerified(dir string, entry fileEntry) ([]byte, error) {
-	path := filepath.Join(dir, entry.Name)
-	file, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	defer file.Close()
-
-	data := make([]byte, entry.Size)
-	if _, err := io.ReadFull(file, data); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s is shorter than the %d bytes in its manifest: %w", path, entry.Size, ErrCorrupt)
-		}
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if err := checkContents(path, data, entry); err != nil {
-		return nil, err
-	}
-	return data, nil
-}
-
 // checkContents checks the size and hash of the contents of one file listed
 // in a manifest; where names the file in the error.
 func checkContents(where string, data []byte, entry fileEntry) error {
@@ -255,4 +213,27 @@ func checkContents(where string, data []byte, entry fileEntry) error {
 		return fmt.Errorf("%s has hash %016x, expected %016x from the manifest: %w", where, got, entry.Hash, ErrCorrupt)
 	}
 	return nil
+}
+
+// dataIDLen is the number of hex digits of a data id.
+const dataIDLen = 32
+
+// newDataID returns a new random data id.
+func newDataID() string {
+	random := make([]byte, dataIDLen/2)
+	rand.Read(random)
+	return hex.EncodeToString(random)
+}
+
+// validDataID reports whether id is dataIDLen lowercase hex digits.
+func validDataID(id string) bool {
+	if len(id) != dataIDLen {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

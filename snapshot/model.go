@@ -70,6 +70,13 @@ type Image struct {
 
 	Cwd   string `json:"cwd"`
 	Umask uint32 `json:"umask"`
+
+	// Base names the snapshot of the same process that this image was
+	// captured relative to, or is empty for a full image. Runs with Base
+	// set hold the bytes that the base snapshot holds at the same virtual
+	// addresses, so the store takes them from the base instead of reading
+	// them again.
+	Base string `json:"base,omitempty"`
 }
 
 // Thread is the saved state of one thread.
@@ -142,6 +149,10 @@ type Run struct {
 	Off  uint64 `json:"off"`
 	Len  uint64 `json:"len"`
 	Data []byte `json:"-"`
+
+	// Base marks, in an image with a Base, a run whose bytes equal those
+	// of the base snapshot at the same addresses: unchanged since it.
+	Base bool `json:"base,omitempty"`
 }
 
 // Len returns the size of the region in bytes.

@@ -58,32 +58,36 @@ func (s *dirStore) findProcessDir(p ProcessID) (string, error) {
 
 // ensureProcessDir returns the directory of p's snapshots, creating it
 // under the owner uid when p has none. A process keeps the directory of its
-// first capture even when its uid changes later.
-func (s *dirStore) ensureProcessDir(p ProcessID, uid uint32) (string, error) {
+// first capture even when its uid changes later. When it creates the
+// directory, the sync of the owner directory that makes it durable is
+// still running: the caller waits for the returned pendingSync (nil when
+// there is nothing to wait for) before it reports anything durable.
+func (s *dirStore) ensureProcessDir(p ProcessID, uid uint32) (string, *pendingSync, error) {
 	path, err := s.findProcessDir(p)
 	if !errors.Is(err, unix.ENOENT) {
-		return path, err
+		return path, nil, err
 	}
 
 	owner := filepath.Join(s.dir, strconv.FormatUint(uint64(uid), 10))
 	if err := s.makeOwnerDir(owner); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	for _, name := range processDirNames(p) {
 		path := filepath.Join(owner, name)
-		if err := s.createProcessDir(path, p); err != nil {
-			return "", err
+		created, err := s.createProcessDir(path, p)
+		if err != nil {
+			return "", nil, err
 		}
 
 		id, err := readIdentity(path)
 		if err == nil && id == p {
-			return path, nil
+			return path, created, nil
 		}
 		if err != nil && !errors.Is(err, ErrCorrupt) {
-			return "", err
+			return "", nil, errors.Join(err, created.wait())
 		}
 	}
-	return "", fmt.Errorf("directories %v of process %d belong to processes of other boots: %w",
+	return "", nil, fmt.Errorf("directories %v of process %d belong to processes of other boots: %w",
 		processDirNames(p), p.PID, unix.EEXIST)
 }
 
@@ -100,50 +104,62 @@ func (s *dirStore) makeOwnerDir(path string) error {
 }
 
 // createProcessDir creates the process directory at path with its identity
-// and counter files in one rename, so no reader sees it half made. It does
-// nothing when path exists.
-func (s *dirStore) createProcessDir(path string, p ProcessID) error {
+// and counter files in one rename, so no reader sees it half made, and
+// starts syncing its parent, which the caller waits for. It does nothing
+// when path exists, and then returns a nil pendingSync.
+func (s *dirStore) createProcessDir(path string, p ProcessID) (*pendingSync, error) {
+	// NOTE: this costs the first save of a process a third round of syncs.
+	// Renaming a work directory that already holds the first snapshot
+	// into place would save it, at the price of a second commit path.
 	if _, err := os.Lstat(path); err == nil {
-		return nil
+		return nil, nil
 	}
 
 	tmp, err := s.makeTempDir()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := fillProcessDir(tmp.path, p); err != nil {
 		s.discard(tmp)
-		return fmt.Errorf("create process directory %s: %w", path, err)
+		return nil, fmt.Errorf("create process directory %s: %w", path, err)
 	}
 
 	err = os.Rename(tmp.path, path)
 	if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
 		// Another Store created it first.
 		s.discard(tmp)
-		return nil
+		return nil, nil
 	}
 	if err != nil {
 		s.discard(tmp)
-		return fmt.Errorf("create process directory %s: %w", path, err)
+		return nil, fmt.Errorf("create process directory %s: %w", path, err)
 	}
 	if err := tmp.unlock(); err != nil {
-		return err
+		return nil, err
 	}
-	return syncDir(filepath.Dir(path))
+	return syncDirInBackground(filepath.Dir(path))
 }
 
+// fillProcessDir writes the identity and counter files into dir and syncs
+// them and dir at once.
 func fillProcessDir(dir string, p ProcessID) error {
 	identity, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("encode process identity: %w", err)
 	}
-	if _, err := writeFile(dir, identityFile, append(identity, '\n')); err != nil {
+	_, identitySynced, err := startFile(dir, identityFile, append(identity, '\n'))
+	if err != nil {
 		return err
 	}
-	if _, err := writeFile(dir, counterFile, []byte("0\n")); err != nil {
-		return err
+	_, counterSynced, err := startFile(dir, counterFile, []byte("0\n"))
+	if err != nil {
+		return errors.Join(err, identitySynced.wait())
 	}
-	return syncDir(dir)
+	dirSynced, err := syncDirInBackground(dir)
+	if err != nil {
+		return errors.Join(err, waitAll(identitySynced, counterSynced))
+	}
+	return waitAll(identitySynced, counterSynced, dirSynced)
 }
 
 // readIdentity reads the identity file of a process directory. A missing
@@ -167,15 +183,16 @@ func readIdentity(dir string) (ProcessID, error) {
 }
 
 // nextAutoName picks the next snap-N name of a locked process directory and
-// records it in the counter file, so that N is never used again even after
-// the snapshot is removed. N is above both the counter and every snap-N
-// present, which also skips numbers a user took by name.
-func (s *dirStore) nextAutoName(dir string) (string, error) {
+// starts writing N to a new counter file. Once its sync is done, the caller
+// puts it in place with replaceCounter, so that N is never used again even
+// after the snapshot is removed. N is above both the counter and every
+// snap-N present, which also skips numbers a user took by name.
+func (s *dirStore) nextAutoName(dir string) (string, *pendingSync, error) {
 	last := s.readCounter(dir)
 
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return "", fmt.Errorf("read process directory %s: %w", dir, err)
+		return "", nil, fmt.Errorf("read process directory %s: %w", dir, err)
 	}
 	for _, entry := range entries {
 		if n, ok := autoNumber(entry.Name()); ok {
@@ -183,11 +200,11 @@ func (s *dirStore) nextAutoName(dir string) (string, error) {
 		}
 	}
 
-	name := autoName(last + 1)
-	if err := writeCounter(dir, last+1); err != nil {
-		return "", err
+	synced, err := startCounter(dir, last+1)
+	if err != nil {
+		return "", nil, err
 	}
-	return name, nil
+	return autoName(last + 1), synced, nil
 }
 
 // readCounter returns the last auto number of a process directory. A damaged
@@ -206,17 +223,29 @@ func (s *dirStore) readCounter(dir string) uint64 {
 	return 0
 }
 
-// writeCounter replaces the counter file by rename. The caller syncs the
-// directory when it commits the snapshot that uses the number.
-func writeCounter(dir string, n uint64) error {
-	tmp := counterFile + ".tmp"
-	if err := os.Remove(filepath.Join(dir, tmp)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale %s in %s: %w", tmp, dir, err)
+// newCounterFile is the counter file being written, before replaceCounter
+// renames it over the counter. The lock of the process directory makes the
+// fixed name safe.
+const newCounterFile = counterFile + ".tmp"
+
+// startCounter writes n to a new counter file in dir and starts syncing
+// it.
+func startCounter(dir string, n uint64) (*pendingSync, error) {
+	if err := os.Remove(filepath.Join(dir, newCounterFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale %s in %s: %w", newCounterFile, dir, err)
 	}
-	if _, err := writeFile(dir, tmp, []byte(strconv.FormatUint(n, 10)+"\n")); err != nil {
-		return fmt.Errorf("write counter of %s: %w", dir, err)
+	_, synced, err := startFile(dir, newCounterFile, []byte(strconv.FormatUint(n, 10)+"\n"))
+	if err != nil {
+		return nil, fmt.Errorf("write counter of %s: %w", dir, err)
 	}
-	if err := os.Rename(filepath.Join(dir, tmp), filepath.Join(dir, counterFile)); err != nil {
+	return synced, nil
+}
+
+// replaceCounter renames the synced new counter file over the counter. The
+// caller syncs the directory when it commits the snapshot that uses the
+// number.
+func replaceCounter(dir string) error {
+	if err := os.Rename(filepath.Join(dir, newCounterFile), filepath.Join(dir, counterFile)); err != nil {
 		return fmt.Errorf("replace counter of %s: %w", dir, err)
 	}
 	return nil

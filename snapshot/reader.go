@@ -4,20 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
+	"slices"
 	"sync"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
-
-// cacheFrames is the number of decompressed frames a Snapshot keeps. FUSE
-// reads 128 KiB at a time, so a sequential read of a memory file needs only
-// the frame it is in. The others serve readers of several regions at once.
-const cacheFrames = 8
 
 // decoder is shared by every Snapshot, because DecodeAll may run
 // concurrently on one decoder.
@@ -38,20 +31,21 @@ type Snapshot struct {
 	Info  Info
 	Image *Image
 
-	// dir is the snapshot's directory, or its URL in a remote store.
-	dir    string
+	// dir is the path of the snapshot's manifest, or its URL in a remote
+	// store.
+	dir string
+	// id is the id of the snapshot's data (manifest Data).
+	id     string
 	memory memoryObject
-	index  *index
+	// sources hold the frames of other snapshots that the index points
+	// into: frame source k lies in sources[k-1].
+	sources []memoryObject
+	index   *index
 
 	// mu protects cache.
 	mu sync.Mutex
 	// cache holds recently decompressed frames, most recently used first.
 	cache []cachedFrame
-}
-
-type cachedFrame struct {
-	frame uint32
-	data  []byte
 }
 
 // Compile-time check that Snapshot serves restores.
@@ -75,8 +69,7 @@ func (s *dirStore) loadSnapshot(p ProcessID, name string) (*Snapshot, error) {
 		return nil, fmt.Errorf("load snapshot %s: %w", name, err)
 	}
 
-	dir := filepath.Join(proc, name)
-	info, m, err := readInfo(dir, name, p)
+	info, m, err := readInfo(proc, name, p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, unix.ENOENT)
 	}
@@ -84,43 +77,24 @@ func (s *dirStore) loadSnapshot(p ProcessID, name string) (*Snapshot, error) {
 		return nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, err)
 	}
 
-	snap, err := loadFiles(dir, info, m)
+	snap, err := openLocal(proc, info, m)
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, err)
 	}
 	return snap, nil
 }
 
-// loadFiles reads the metadata of the committed snapshot directory dir,
-// whose manifest is m, and opens its memory file.
-func loadFiles(dir string, info Info, m *manifest) (*Snapshot, error) {
-	img, x, err := readMetadata(m, func(entry fileEntry) ([]byte, error) {
-		return readVerified(dir, entry)
-	})
-	if err != nil {
-		return nil, err
-	}
-
-	memory, err := os.Open(filepath.Join(dir, memoryFile))
-	if err != nil {
-		return nil, fmt.Errorf("open memory: %w", err)
-	}
-	snap, err := newSnapshot(dir, info, m, img, x, memory)
-	if err != nil {
-		memory.Close()
-		return nil, err
-	}
-	return snap, nil
-}
-
-// newSnapshot returns a Snapshot reading its frames from memory, after
-// checking that the frames of the index end where the memory file of the
-// manifest does.
-func newSnapshot(dir string, info Info, m *manifest, img *Image, x *index, memory memoryObject) (*Snapshot, error) {
+// newSnapshot returns a Snapshot reading its own frames from memory and
+// those of source k from sources[k-1], after checking that the frames of
+// the index end where the memory of the manifest does.
+func newSnapshot(dir string, info Info, m *manifest, img *Image, x *index, memory memoryObject, sources []memoryObject) (*Snapshot, error) {
 	if want := m.file(memoryFile).Size; x.dataSize() != want {
-		return nil, fmt.Errorf("index frames end at %d, memory file is %d bytes: %w", x.dataSize(), want, ErrCorrupt)
+		return nil, fmt.Errorf("index frames end at %d, memory is %d bytes: %w", x.dataSize(), want, ErrCorrupt)
 	}
-	return &Snapshot{Info: info, Image: img, dir: dir, memory: memory, index: x}, nil
+	if len(sources) != len(x.sources) {
+		return nil, fmt.Errorf("index points into %d other snapshots, %d are open: %w", len(x.sources), len(sources), ErrCorrupt)
+	}
+	return &Snapshot{Info: info, Image: img, dir: dir, id: m.Data, memory: memory, sources: sources, index: x}, nil
 }
 
 // readMetadata reads and cross-checks the image, maps and index files of
@@ -151,9 +125,12 @@ func readMetadata(m *manifest, read func(fileEntry) ([]byte, error)) (*Image, *i
 	if err != nil {
 		return nil, nil, err
 	}
-	x, err := parseIndex(raw)
+	x, err := unpackIndex(raw)
 	if err != nil {
 		return nil, nil, err
+	}
+	if !slices.Equal(x.sources, m.Sources) {
+		return nil, nil, fmt.Errorf("index points into data %v, the manifest names %v: %w", x.sources, m.Sources, ErrCorrupt)
 	}
 	if err := x.checkCoverage(img); err != nil {
 		return nil, nil, err
@@ -186,82 +163,33 @@ func (s *Snapshot) ReadRegion(i int, p []byte, off uint64) error {
 			continue
 		}
 		lo, hi := max(e.Off, off), min(e.end(), end)
-		data, err := s.frame(e.Frame)
+		buf, err := s.frame(e.Frame)
 		if err != nil {
 			return fmt.Errorf("read region %d of snapshot %s at %d: %w", i, s.Info.Name, lo, err)
 		}
 		from := uint64(e.FrameOff) + (lo - e.Off)
-		copy(p[lo-off:hi-off], data[from:])
+		copy(p[lo-off:hi-off], buf.data[from:])
+		s.release(buf)
 	}
 	return nil
 }
 
-// frame returns the uncompressed bytes of frame n, from the cache when
-// there. The slice is shared and must not be modified.
-func (s *Snapshot) frame(n uint32) ([]byte, error) {
-	s.mu.Lock()
-	for k, c := range s.cache {
-		if c.frame == n {
-			copy(s.cache[1:k+1], s.cache[:k])
-			s.cache[0] = c
-			s.mu.Unlock()
-			return c.data, nil
-		}
-	}
-	s.mu.Unlock()
-
-	// Two readers missing the same frame both decode it. That costs only
-	// time, and keeps the lock free while decoding.
-	data, err := s.decodeFrame(n)
-	if err != nil {
-		return nil, err
-	}
-
-	s.mu.Lock()
-	if len(s.cache) < cacheFrames {
-		s.cache = append(s.cache, cachedFrame{})
-	}
-	copy(s.cache[1:], s.cache[:len(s.cache)-1])
-	s.cache[0] = cachedFrame{frame: n, data: data}
-	s.mu.Unlock()
-	return data, nil
-}
-
-// decodeFrame reads, decompresses and checks frame n.
-func (s *Snapshot) decodeFrame(n uint32) ([]byte, error) {
-	f := s.index.frames[n]
-	compressed := make([]byte, f.CLen)
-	if _, err := s.memory.ReadAt(compressed, int64(f.FileOff)); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("frame %d lies past the end of the memory file: %w", n, ErrCorrupt)
-		}
-		return nil, fmt.Errorf("read frame %d: %w", n, err)
-	}
-
-	dec, err := decoder()
-	if err != nil {
-		return nil, fmt.Errorf("create zstd decoder: %w", err)
-	}
-	data, err := dec.DecodeAll(compressed, make([]byte, 0, f.ULen))
-	if err != nil {
-		return nil, fmt.Errorf("decompress frame %d: %v: %w", n, err, ErrCorrupt)
-	}
-	if len(data) != int(f.ULen) {
-		return nil, fmt.Errorf("frame %d decompressed to %d bytes, expected %d from the index: %w", n, len(data), f.ULen, ErrCorrupt)
-	}
-	if got := xxhash.Sum64(data); got != f.Hash {
-		return nil, fmt.Errorf("frame %d has hash %016x, expected %016x from the index: %w", n, got, f.Hash, ErrCorrupt)
-	}
-	return data, nil
-}
-
-// Close closes the memory file. Reads of stored bytes fail after Close.
+// Close closes the memory files. Reads of stored bytes fail after Close.
 func (s *Snapshot) Close() error {
 	s.mu.Lock()
+	for _, c := range s.cache {
+		s.unref(c.buf)
+	}
 	s.cache = nil
 	s.mu.Unlock()
 
-	if err := s.memory.Close(); err != nil {
+	err := s.memory.Close()
+	for _, source := range s.sources {
+		if closeErr := source.Close(); err == nil {
+			err = closeErr
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("close snapshot %s: %w", s.Info.Name, err)
 	}
 	return nil

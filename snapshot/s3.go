@@ -2,8 +2,6 @@ package snapshot
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,9 +21,6 @@ import (
 const (
 	s3Scheme   = "s3://"
 	dataPrefix = ".data/" // followed by the upload id, under a process prefix
-
-	// uploadIDLen is the number of hex digits of an upload id.
-	uploadIDLen = 32
 
 	// s3MaxRetries bounds the attempts of one request. minio-go waits
 	// between 200 ms and 1 s between attempts, so a server that is down
@@ -227,25 +222,6 @@ func manifestKey(proc, name string) string {
 
 func dataKey(proc, id, file string) string {
 	return proc + dataPrefix + id + "/" + file
-}
-
-func newUploadID() string {
-	random := make([]byte, uploadIDLen/2)
-	rand.Read(random)
-	return hex.EncodeToString(random)
-}
-
-// validUploadID reports whether id is uploadIDLen lowercase hex digits.
-func validUploadID(id string) bool {
-	if len(id) != uploadIDLen {
-		return false
-	}
-	for _, c := range []byte(id) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // fail wraps an error of a request about key (the bucket when key is "")

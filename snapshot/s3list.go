@@ -106,8 +106,8 @@ func (s *s3Store) checkManifest(proc, name string, m *manifest, size int64, obje
 		return Info{}, fmt.Errorf("manifest of %s describes snapshot %q of pid %d start time %d: %w",
 			s.url(proc+name), m.Info.Name, m.Info.Process.PID, m.Info.Process.StartTime, ErrCorrupt)
 	}
-	if m.Data == "" {
-		return Info{}, fmt.Errorf("manifest of %s names no data upload: %w", s.url(proc+name), ErrCorrupt)
+	if len(m.Sources) != 0 {
+		return Info{}, fmt.Errorf("manifest of %s points into other uploads, which a bucket never does: %w", s.url(proc+name), ErrCorrupt)
 	}
 
 	info := m.Info
@@ -173,9 +173,6 @@ func (s *s3Store) removeSnapshot(p ProcessID, name string) error {
 		return fmt.Errorf("remove snapshot %s of process %d: %w", name, p.PID, err)
 	}
 	m, parseErr := parseManifest(data)
-	if parseErr == nil && m.Data == "" {
-		parseErr = fmt.Errorf("manifest names no data upload: %w", ErrCorrupt)
-	}
 
 	err = s.client.RemoveObject(context.Background(), s.bucket, key, minio.RemoveObjectOptions{})
 	if err != nil {

@@ -2,10 +2,10 @@ package snapshot
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"github.com/minio/minio-go/v7"
@@ -60,7 +60,7 @@ func (s *s3Store) load(p ProcessID, name string) (*Snapshot, error) {
 		return nil, err
 	}
 	memory := &s3Object{s: s, key: dataKey(proc, m.Data, memoryFile)}
-	return newSnapshot(s.url(proc+name), info, m, img, x, memory)
+	return newSnapshot(s.url(proc+name), info, m, img, x, memory, nil)
 }
 
 // getAll returns the whole object at key, which must not exceed limit
@@ -83,13 +83,34 @@ func (s *s3Store) getAll(key string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// s3Object reads byte ranges of the memory object of a loaded snapshot,
-// one range GET a call. Data objects never change once uploaded, so no
-// read needs to check a version.
+// s3ReadAhead is the least a range GET of a memory object fetches, and
+// s3Windows the number of such windows an s3Object keeps. Frames are
+// small and lie back to back, so one GET serves the frames that a
+// sequential reader asks for next, and a few windows serve several
+// readers at once.
+const (
+	s3ReadAhead = 1 << 20
+	s3Windows   = 4
+)
+
+// s3Object reads byte ranges of the memory object of a loaded snapshot
+// with range GETs of at least s3ReadAhead bytes, and serves later reads
+// from the last few windows fetched. Data objects never change once
+// uploaded, so no read needs to check a version.
 type s3Object struct {
 	s      *s3Store
 	key    string
 	closed atomic.Bool
+
+	// mu protects windows, most recently used first.
+	mu      sync.Mutex
+	windows []s3Window
+}
+
+// s3Window is bytes of the object from off.
+type s3Window struct {
+	off  int64
+	data []byte
 }
 
 // ReadAt fills p from off. A range that ends past the object gives io.EOF,
@@ -98,28 +119,61 @@ func (o *s3Object) ReadAt(p []byte, off int64) (int, error) {
 	if o.closed.Load() {
 		return 0, fmt.Errorf("read %s: %w", o.s.url(o.key), os.ErrClosed)
 	}
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 || o.fromWindow(p, off) {
+		return len(p), nil
 	}
 
+	w, err := o.fetch(off, max(int64(len(p)), s3ReadAhead))
+	if err != nil {
+		return 0, err
+	}
+	n := copy(p, w.data)
+	if n < len(p) {
+		return n, io.EOF
+	}
+	o.mu.Lock()
+	o.windows = append([]s3Window{w}, o.windows[:min(len(o.windows), s3Windows-1)]...)
+	o.mu.Unlock()
+	return n, nil
+}
+
+// fromWindow copies p from a window that holds all of it and reports
+// whether one did.
+func (o *s3Object) fromWindow(p []byte, off int64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for k, w := range o.windows {
+		if off >= w.off && off+int64(len(p)) <= w.off+int64(len(w.data)) {
+			copy(p, w.data[off-w.off:])
+			copy(o.windows[1:k+1], o.windows[:k])
+			o.windows[0] = w
+			return true
+		}
+	}
+	return false
+}
+
+// fetch gets up to n bytes of the object from off with one range GET.
+// Fewer come back when the object ends sooner.
+func (o *s3Object) fetch(off, n int64) (s3Window, error) {
 	opts := minio.GetObjectOptions{}
-	if err := opts.SetRange(off, off+int64(len(p))-1); err != nil {
-		return 0, fmt.Errorf("read %d bytes at %d of %s: %w", len(p), off, o.s.url(o.key), unix.EINVAL)
+	if err := opts.SetRange(off, off+n-1); err != nil {
+		return s3Window{}, fmt.Errorf("read %d bytes at %d of %s: %w", n, off, o.s.url(o.key), unix.EINVAL)
 	}
 	obj, err := o.s.client.GetObject(context.Background(), o.s.bucket, o.key, opts)
 	if err != nil {
-		return 0, o.s.fail("get range of", o.key, err)
+		return s3Window{}, o.s.fail("get range of", o.key, err)
 	}
 	defer obj.Close()
 
-	n, err := io.ReadFull(obj, p)
-	if errors.Is(err, io.ErrUnexpectedEOF) || s3Response(err).Code == "InvalidRange" {
-		return n, io.EOF
+	data, err := io.ReadAll(io.LimitReader(obj, n))
+	if s3Response(err).Code == "InvalidRange" {
+		return s3Window{off: off}, nil
 	}
 	if err != nil {
-		return n, o.s.fail("get range of", o.key, err)
+		return s3Window{}, o.s.fail("get range of", o.key, err)
 	}
-	return n, nil
+	return s3Window{off: off, data: data}, nil
 }
 
 // Close makes later reads fail; there is nothing to release.

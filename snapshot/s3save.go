@@ -36,7 +36,7 @@ func (s *s3Store) saveImage(img *Image, name string, src MemorySource) (*Info, e
 		}
 	}
 
-	id := newUploadID()
+	id := newDataID()
 	files, err := s.upload(proc, id, img, src)
 	if err != nil {
 		s.deleteData(proc, id)
@@ -93,11 +93,15 @@ func (s *s3Store) upload(proc, id string, img *Image, src MemorySource) ([]fileE
 	if err != nil {
 		return nil, err
 	}
-	indexEntry, err := s.putData(proc, id, indexFile, x.encode())
+	packed, err := packIndex(x)
 	if err != nil {
 		return nil, err
 	}
-	return []fileEntry{imageEntry, mapsEntry, indexEntry, memoryEntry}, nil
+	indexEntry, err := s.putData(proc, id, indexFile, packed)
+	if err != nil {
+		return nil, err
+	}
+	return []fileEntry{memoryEntry, imageEntry, mapsEntry, indexEntry}, nil
 }
 
 // putData puts one data object of upload id and returns its manifest entry.
@@ -126,7 +130,7 @@ func (s *s3Store) uploadMemory(proc, id string, img *Image, src MemorySource) (f
 	}
 
 	out := newHashWriter(memoryFile, spool)
-	x, err := encodeMemory(&out, img, src)
+	x, err := encodeMemory(&out, img, src, false)
 	if err != nil {
 		return fileEntry{}, nil, fmt.Errorf("spool memory to %s: %w", spool.Name(), err)
 	}
@@ -298,3 +302,7 @@ func (s *s3Store) deleteData(proc, id string) {
 		}
 	}
 }
+
+// linksBase is false: a bucket stores every snapshot whole, reading the
+// Base runs of an incremental image from its base.
+func (s *s3Store) linksBase() bool { return false }

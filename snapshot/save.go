@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -34,12 +33,19 @@ func (s *dirStore) saveImage(img *Image, name string, src MemorySource) (*Info, 
 			return nil, err
 		}
 	}
+	var link *baseLink
+	if img.Base != "" {
+		var err error
+		if link, err = s.linkToBase(img); err != nil {
+			return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
+		}
+	}
 
 	tmp, err := s.makeTempDir()
 	if err != nil {
 		return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
 	}
-	info, err := s.saveIn(tmp, img, name, src)
+	info, err := s.saveIn(tmp, img, name, src, link)
 	if err != nil {
 		s.discard(tmp)
 		return nil, fmt.Errorf("save snapshot of process %d: %w", img.Process.PID, err)
@@ -47,8 +53,26 @@ func (s *dirStore) saveImage(img *Image, name string, src MemorySource) (*Info, 
 	return info, nil
 }
 
+// linksBase is true: a directory stores an incremental image as extents
+// that point at the frames of older snapshots.
+func (s *dirStore) linksBase() bool { return true }
+
+// linkToBase loads the base of img and returns the extents of its Base
+// runs in the base's frames.
+func (s *dirStore) linkToBase(img *Image) (*baseLink, error) {
+	base, err := loadBase(s, img)
+	if err != nil {
+		return nil, err
+	}
+	link, err := linkBase(img, base)
+	if closeErr := base.Close(); closeErr != nil {
+		s.log.Warn("cannot close base snapshot", "snapshot", img.Base, "pid", img.Process.PID, "err", closeErr)
+	}
+	return link, err
+}
+
 // checkFree returns an error wrapping unix.EEXIST when p has a snapshot
-// directory called name.
+// called name.
 func (s *dirStore) checkFree(p ProcessID, name string) error {
 	dir, err := s.findProcessDir(p)
 	if errors.Is(err, unix.ENOENT) {
@@ -71,107 +95,135 @@ func checkFreeIn(dir, name string) error {
 	return nil
 }
 
-// saveIn writes the data files into tmp, then commits them under the lock
-// of the process directory.
-func (s *dirStore) saveIn(tmp *lockedDir, img *Image, name string, src MemorySource) (*Info, error) {
-	files, err := writeDataFrom(tmp.path, img, src)
+// saveIn writes the data file into tmp, then commits it under the lock of
+// the process directory.
+func (s *dirStore) saveIn(tmp *lockedDir, img *Image, name string, src MemorySource, link *baseLink) (*Info, error) {
+	data, err := writeData(tmp.path, img, src, link)
 	if err != nil {
 		return nil, err
 	}
 
-	proc, err := s.ensureProcessDir(img.Process, img.Creds.UID[0])
+	proc, created, err := s.ensureProcessDir(img.Process, img.Creds.UID[0])
 	if err != nil {
 		return nil, err
 	}
 	lock, err := lockDir(proc)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, created.wait())
 	}
-	info, err := s.commit(tmp, proc, img, name, files)
+	info, err := s.commit(tmp, proc, img, name, data, created)
 	if unlockErr := lock.unlock(); err == nil && unlockErr != nil {
 		return nil, unlockErr
 	}
-	return info, err
+	if err != nil {
+		return nil, err
+	}
+	s.dropWorkDir(tmp)
+	return info, nil
 }
 
-// writeData writes every file of a snapshot whose runs carry their bytes,
-// except the manifest, and returns their manifest entries in manifest order.
-func writeData(dir string, img *Image) ([]fileEntry, error) {
-	return writeDataFrom(dir, img, runData{img})
-}
-
-// writeDataFrom is writeData for memory read from src.
-func writeDataFrom(dir string, img *Image, src MemorySource) ([]fileEntry, error) {
-	meta, err := json.Marshal(img)
-	if err != nil {
-		return nil, fmt.Errorf("encode image metadata: %w", err)
-	}
-	imageEntry, err := writeFile(dir, imageFile, meta)
-	if err != nil {
-		return nil, err
-	}
-	mapsEntry, err := writeFile(dir, mapsFile, img.Maps)
-	if err != nil {
-		return nil, err
-	}
-
-	memoryEntry, x, err := writeMemory(dir, img, src)
-	if err != nil {
-		return nil, err
-	}
-	indexEntry, err := writeFile(dir, indexFile, x.encode())
-	if err != nil {
-		return nil, err
-	}
-	return []fileEntry{imageEntry, mapsEntry, indexEntry, memoryEntry}, nil
-}
-
-// commit names the snapshot, writes its manifest and renames tmp into the
-// process directory. The caller holds the lock of proc.
-func (s *dirStore) commit(tmp *lockedDir, proc string, img *Image, name string, files []fileEntry) (*Info, error) {
+// commit names the snapshot, writes its manifest into tmp and publishes
+// it with the data file in the process directory. created is the sync of
+// the parent of proc when this save created proc. The caller holds the
+// lock of proc.
+func (s *dirStore) commit(tmp *lockedDir, proc string, img *Image, name string, data *dataFile, created *pendingSync) (*Info, error) {
+	var counter *pendingSync
 	if name == "" {
-		auto, err := s.nextAutoName(proc)
+		auto, synced, err := s.nextAutoName(proc)
 		if err != nil {
 			return nil, err
 		}
-		name = auto
+		name, counter = auto, synced
 	}
 	if err := checkFreeIn(proc, name); err != nil {
-		return nil, err
+		return nil, errors.Join(err, counter.wait())
+	}
+	// Removals delete data only under the lock, so the frames of the base
+	// that the index points into stay from this check on.
+	if err := checkSources(proc, img.Base, data.index.sources); err != nil {
+		return nil, errors.Join(err, counter.wait())
 	}
 
-	m := &manifest{Version: manifestVersion, Info: newInfo(img, name), Files: files}
-	data, err := encodeManifest(m)
+	m := &manifest{Version: manifestVersion, Info: newInfo(img, name), Files: data.files, Data: newDataID(), Sources: data.index.sources}
+	encoded, err := encodeManifest(m)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, counter.wait())
 	}
-	if _, err := writeFile(tmp.path, manifestFile, data); err != nil {
-		return nil, err
-	}
-	if err := syncDir(tmp.path); err != nil {
-		return nil, err
+	_, manifestSynced, err := startFile(tmp.path, manifestFile, encoded)
+	if err != nil {
+		return nil, errors.Join(err, counter.wait())
 	}
 
-	final := filepath.Join(proc, name)
-	if err := os.Rename(tmp.path, final); err != nil {
-		return nil, fmt.Errorf("commit snapshot %s: %w", final, err)
-	}
-	// NOTE: from here on the snapshot is committed and listed, so an error
-	// below (a failed directory sync) is reported although it exists.
-	if err := tmp.unlock(); err != nil {
+	// Every file must be on disk before a rename makes it reachable.
+	if err := waitAll(data.synced, counter, manifestSynced); err != nil {
 		return nil, err
 	}
-	if err := syncDir(proc); err != nil {
-		return nil, err
+	if counter != nil {
+		if err := replaceCounter(proc); err != nil {
+			return nil, err
+		}
 	}
-	if err := syncDir(s.dir); err != nil {
+	if err := publish(tmp.path, proc, name, m.Data, created); err != nil {
 		return nil, err
 	}
 
 	info := m.Info
-	info.Stored = uint64(len(data))
-	for _, file := range files {
-		info.Stored += file.Size
-	}
+	info.Stored = uint64(len(encoded)) + dataSize(data.files)
 	return &info, nil
+}
+
+// checkSources checks that the data files an index points into are still
+// in proc: a removal while the save ran may have deleted them.
+func checkSources(proc, base string, sources []string) error {
+	// NOTE: a save whose base data was removed meanwhile fails with EINVAL
+	// instead of falling back to a full save; its caller must capture
+	// again without a base.
+	for _, id := range sources {
+		_, err := os.Lstat(filepath.Join(proc, dataFileName(id)))
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("base snapshot %s: data %s it points into was removed during the save: %w", base, id, unix.EINVAL)
+		}
+		if err != nil {
+			return fmt.Errorf("check data %s of base snapshot %s: %w", id, base, err)
+		}
+	}
+	return nil
+}
+
+// publish moves the data file of the work directory work into proc as
+// .data-<id>, then its manifest as proc/name, which commits the snapshot,
+// and syncs proc while created (the sync of the parent of a new proc, or
+// nil) finishes. A crash between the two renames leaves a data file no
+// manifest uses, which the sweep of work directories deletes. The caller
+// holds the lock of proc.
+func publish(work, proc, name, id string, created *pendingSync) error {
+	dataPath := filepath.Join(proc, dataFileName(id))
+	if err := os.Rename(filepath.Join(work, workDataFile), dataPath); err != nil {
+		return fmt.Errorf("move data of snapshot %s into %s: %w", name, proc, err)
+	}
+	if err := os.Rename(filepath.Join(work, manifestFile), filepath.Join(proc, name)); err != nil {
+		if removeErr := os.Remove(dataPath); removeErr != nil {
+			err = errors.Join(err, removeErr)
+		}
+		return fmt.Errorf("commit snapshot %s in %s: %w", name, proc, err)
+	}
+
+	// NOTE: from here on the snapshot is committed and listed, so a
+	// failed directory sync is reported although it exists.
+	synced, err := syncDirInBackground(proc)
+	if err != nil {
+		return errors.Join(err, created.wait())
+	}
+	return waitAll(synced, created)
+}
+
+// dropWorkDir deletes the empty work directory of a committed save and
+// releases its lock. A failure is only logged: the next Open sweeps it.
+func (s *dirStore) dropWorkDir(tmp *lockedDir) {
+	if err := os.Remove(tmp.path); err != nil {
+		s.log.Warn("cannot remove work directory", "path", tmp.path, "err", err)
+	}
+	if err := tmp.unlock(); err != nil {
+		s.log.Warn("cannot unlock work directory", "path", tmp.path, "err", err)
+	}
 }

@@ -17,7 +17,10 @@ const maxStoredSetting = maxSettingSize*4/3 + 4096
 // directory, syncs it and renames it over the old one, all under the lock
 // of the directory, then syncs the directory.
 func (s *dirStore) putSetting(p ProcessID, uid uint32, key string, encoded []byte) error {
-	proc, err := s.ensureProcessDir(p, uid)
+	proc, created, err := s.ensureProcessDir(p, uid)
+	if err == nil {
+		err = created.wait()
+	}
 	if err != nil {
 		return err
 	}

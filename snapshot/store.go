@@ -126,9 +126,10 @@ func (s *Store) Dir() string { return s.backend.location() }
 
 func (s *dirStore) location() string { return s.dir }
 
-// sweep deletes the .tmp-* entries of crashed saves and removals. A
-// directory whose flock another Store holds belongs to a save in progress
-// and is kept.
+// sweep deletes the .tmp-* entries of crashed saves and removals, and the
+// data files they may have left unused in a process directory. A directory
+// whose flock another Store holds belongs to a save in progress and is
+// kept.
 func (s *dirStore) sweep() error {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -164,6 +165,15 @@ func (s *dirStore) sweepOne(path string) error {
 	}
 
 	s.log.Warn("removing unfinished snapshot data", "path", path)
+	stat, err := file.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if stat.IsDir() {
+		s.collectAfter(filepath.Join(path, manifestFile))
+	} else {
+		s.collectAfter(path)
+	}
 	if err := os.RemoveAll(path); err != nil {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}

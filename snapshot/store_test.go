@@ -40,8 +40,8 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(snap.Info, *info) {
 		t.Errorf("Load Info = %+v, Save returned %+v", snap.Info, *info)
 	}
-	if info.Stored != dirSize(t, snap.dir) {
-		t.Errorf("Stored = %d, files on disk total %d", info.Stored, dirSize(t, snap.dir))
+	if info.Stored != storedSize(t, snap) {
+		t.Errorf("Stored = %d, manifest and data file total %d", info.Stored, storedSize(t, snap))
 	}
 	checkMetadata(t, img, snap.Image)
 	for i := range img.Regions {
@@ -87,17 +87,15 @@ func checkMetadata(t *testing.T, saved, loaded *Image) {
 	}
 }
 
-func dirSize(t *testing.T, dir string) uint64 {
+// storedSize returns the size of the manifest and the data file of a
+// loaded local snapshot.
+func storedSize(t *testing.T, snap *Snapshot) uint64 {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatalf("read %s: %v", dir, err)
-	}
 	var n uint64
-	for _, entry := range entries {
-		info, err := entry.Info()
+	for _, path := range []string{snap.dir, dataPath(snap)} {
+		info, err := os.Stat(path)
 		if err != nil {
-			t.Fatalf("stat %s: %v", entry.Name(), err)
+			t.Fatalf("stat %s: %v", path, err)
 		}
 		n += uint64(info.Size())
 	}
@@ -180,10 +178,10 @@ func TestZeroPagesNotStored(t *testing.T) {
 		t.Errorf("Bytes = %d, want %d", info.Bytes, size)
 	}
 	snap := load(t, s, img.Process, "zeros")
-	if memory, err := os.Stat(filepath.Join(snap.dir, memoryFile)); err != nil || memory.Size() != 0 {
-		t.Errorf("memory file of all-zero pages: %v, want an empty file", err)
+	if snap.index.dataSize() != 0 {
+		t.Errorf("memory of all-zero pages is %d bytes, want none", snap.index.dataSize())
 	}
-	if info.Stored != dirSize(t, snap.dir) || info.Stored > 8192 {
+	if info.Stored != storedSize(t, snap) || info.Stored > 8192 {
 		t.Errorf("Stored = %d for all-zero memory, want only metadata", info.Stored)
 	}
 	if len(snap.index.frames) != 0 || len(snap.index.regions[0]) != 1 || snap.index.regions[0][0].Kind != extentZero {
