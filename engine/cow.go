@@ -76,7 +76,11 @@ func (op *Op) CaptureCOW() (*snapshot.Image, *COWMemory, error) {
 		}
 		var err error
 		img, err = op.capture(op.captureMapsOnly, func(img *snapshot.Image) error {
-			clone, err = op.captureMemoryCOW(img)
+			if op.tracker != nil {
+				clone, err = op.captureMemoryTracked(img)
+			} else {
+				clone, err = op.captureMemoryCOW(img)
+			}
 			return err
 		})
 		op.thaw()
@@ -154,7 +158,7 @@ func (op *Op) captureMemoryCOW(img *snapshot.Image) (cowClone, error) {
 //
 // Precondition: all threads stopped; img.Regions read by captureMapsOnly.
 func (op *Op) addVmFlags(img *snapshot.Image) error {
-	regions, _, err := readMaps(op.pid)
+	regions, _, err := op.readMaps()
 	if err != nil {
 		return err
 	}

@@ -84,9 +84,10 @@
 //   - A thread stopped inside an interruptible system call is saved with
 //     registers that re-enter it (see rearmSyscall); the raw ones are kept.
 //   - Regions that must not be read are listed but not saved: [vvar],
-//     [vvar_vclock], [vsyscall], [uprobes], userfaultfd ranges (a read
-//     would wait for the frozen handler), shadow stacks, device and PFN
-//     mappings, secret memory.
+//     [vvar_vclock], [vsyscall], [uprobes], userfaultfd ranges of the
+//     process (a read would wait for the frozen handler; the tracker's own
+//     ranges are not among them), shadow stacks, device and PFN mappings,
+//     secret memory.
 //   - The target's seccomp filter applies to injected system calls.
 //   - Capture copies memory while the process is frozen, so its freeze
 //     grows with the memory saved. CaptureCOW instead injects a clone
@@ -97,4 +98,19 @@
 //     The clone is a zombie child of the target once killed: the op
 //     reaps it by an injected wait4 in a second, short freeze, and every
 //     thaw reaps clones left by an earlier op or a daemon that died.
+//
+// # Write tracking
+//
+// A Tracker passed to Op.Track keeps, between ops, a userfaultfd of the
+// target in asynchronous write-protect mode, registered on every private
+// writable mapping (see Tracker). Each capture or full restore
+// write-protects the memory again; PAGEMAP_SCAN then lists the pages
+// written since, with the kernel's fast path for that one category,
+// which touches only page tables. A capture with a base reads only those
+// pages (Run.Base marks the others), and a rollback to the base compares
+// only those pages. Pages dropped with MADV_DONTNEED count as written.
+// Empty pages that the write protection covers carry a pte marker, which
+// pagemap shows as a swapped page of swap type 31; holdsData leaves those
+// out. Tracker.Precopy moves the copy of pages written long before a
+// capture out of its freeze.
 package engine

@@ -43,6 +43,7 @@ type Op struct {
 	scratchAddr uint64   // scratch page in the target, 0 until mapped
 	mem         *os.File // /proc/PID/mem, nil until first used
 	clone       cowClone // copy-on-write clone of CaptureCOW, until closed
+	tracker     *Tracker // set by Track, nil when writes are not tracked
 }
 
 // Begin freezes process pid for one operation: it checks that the process

@@ -14,7 +14,20 @@ const (
 	pmPresent   = 1 << 63
 	pmSwapped   = 1 << 62
 	pmFileShare = 1 << 61 // file page or shared anonymous page
+
+	// pmSwapType is the swap type field of a non-present entry, which the
+	// kernel shows to readers with CAP_SYS_ADMIN. Type 31 is a pte marker
+	// (SWP_PTE_MARKER), such as the one write tracking leaves on an empty
+	// page: no data, although the entry reads as swapped.
+	pmSwapType = 0x1f
+	swpMarker  = 0x1f
 )
+
+// holdsData reports whether pagemap entry e is a page with data of its
+// own: present, or swapped out.
+func holdsData(e uint64) bool {
+	return e&pmPresent != 0 || e&pmSwapped != 0 && e&pmSwapType != swpMarker
+}
 
 // pagemapChunk is how many pagemap entries are read at once, so that a
 // huge reserved region costs bounded memory.
@@ -23,12 +36,12 @@ const pagemapChunk = 64 << 10
 // pageRuns appends to runs the pages of entries (one 8-byte pagemap entry
 // per page, the first at page index first) that hold data worth saving,
 // coalesced into page-aligned runs. A page is saved when it is present or
-// swapped. With anonOnly set, pages that are still file pages (bit 61) are
+// swapped (see holdsData). With anonOnly set, pages that are still file pages (bit 61) are
 // skipped, because they equal the file.
 func pageRuns(runs []snapshot.Run, entries []byte, first uint64, anonOnly bool) []snapshot.Run {
 	for i := 0; i+8 <= len(entries); i += 8 {
 		e := binary.LittleEndian.Uint64(entries[i:])
-		if e&(pmPresent|pmSwapped) == 0 || anonOnly && e&pmFileShare != 0 {
+		if !holdsData(e) || anonOnly && e&pmFileShare != 0 {
 			continue
 		}
 

@@ -148,6 +148,7 @@ func (op *Op) restore(img *snapshot.Image, mem snapshot.MemoryReader, parts rest
 	for _, commit := range r.commits {
 		commit()
 	}
+	op.trackRestored(img, parts)
 	return r.report, nil
 }
 
@@ -176,7 +177,7 @@ func (r *restorer) check() error {
 	}
 
 	var err error
-	if r.curRegions, _, err = readMaps(op.pid); err != nil {
+	if r.curRegions, _, err = op.readMaps(); err != nil {
 		return err
 	}
 	if err := checkShadowStack(op.pid, r.curRegions); err != nil {
@@ -197,7 +198,7 @@ func (r *restorer) check() error {
 func (r *restorer) plan() error {
 	var err error
 	if r.curRegions == nil {
-		if r.curRegions, _, err = readMaps(r.op.pid); err != nil {
+		if r.curRegions, _, err = r.op.readMaps(); err != nil {
 			return err
 		}
 	}
@@ -243,6 +244,14 @@ func (r *restorer) planLayout() error {
 		}
 	}
 	r.layout.kept = intersectSpans(r.layout.kept, r.parts.contentSpans(r.img))
+
+	changed, tracked, err := r.op.changedSince(r.img, r.curRegions)
+	if err != nil {
+		return err
+	}
+	if tracked {
+		r.layout.kept = intersectSpans(r.layout.kept, changed)
+	}
 	return nil
 }
 

@@ -296,7 +296,7 @@ func (d *memDiffer) readCurrent(addr uint64, pages int, file bool) error {
 }
 
 func (d *memDiffer) holdsData(p int, file bool) bool {
-	return d.flags[p]&(pmPresent|pmSwapped) != 0 || file && d.inRun[p]
+	return holdsData(d.flags[p]) || file && d.inRun[p]
 }
 
 // comparePages plans the changes of one piece. A page in a saved run is
@@ -351,7 +351,7 @@ func (d *memDiffer) pageAction(p int, anon, fresh bool) pageAction {
 			return keepPage
 		}
 		return writePage
-	case fresh || d.flags[p]&(pmPresent|pmSwapped) == 0 || d.flags[p]&pmFileShare != 0:
+	case fresh || !holdsData(d.flags[p]) || d.flags[p]&pmFileShare != 0:
 		return keepPage
 	case anon && allZero(cur):
 		return dropZeroPage
@@ -396,7 +396,7 @@ func (s *memSource) saveRemoved(spans []span, plan *memPlan) error {
 func (d *memDiffer) anonPages(addr uint64, pages int) []memChunk {
 	var anon []int
 	for p := range pages {
-		if d.flags[p]&(pmPresent|pmSwapped) != 0 && d.flags[p]&pmFileShare == 0 {
+		if holdsData(d.flags[p]) && d.flags[p]&pmFileShare == 0 {
 			anon = append(anon, p)
 		}
 	}
