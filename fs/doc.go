@@ -48,6 +48,20 @@
 // goroutine, never inside a request handler, where the kernel would wait
 // for the handler that waits for it.
 //
+// A mount by root raises the kernel's read-ahead for the mount to 4 MiB
+// (read_ahead_kb of its bdi), so a sequential read of a memory file
+// arrives as several 1 MiB requests at once, whose frames decode on every
+// core. With smaller requests, each open memory file decodes the frames
+// ahead of a sequential reader in the background (readahead.go).
+//
+// # Write tracking
+//
+// Each process captured through the mount gets an engine.Tracker, kept
+// until the process exits or the mount ends. A capture copies the pages
+// written since the last snapshot while the process runs (Precopy), then
+// captures relative to that snapshot when the store still holds it as it
+// was; a full restore makes the restored snapshot the base.
+//
 // # Operations
 //
 // A write to capture or restore runs the whole operation and returns when

@@ -72,6 +72,7 @@ var (
 	_ gofs.NodeGetattrer = (*memFile)(nil)
 	_ gofs.NodeOpener    = (*memFile)(nil)
 	_ gofs.NodeReader    = (*memFile)(nil)
+	_ gofs.NodeReleaser  = (*memFile)(nil)
 )
 
 func (f *memFile) fillAttr(out *fuse.Attr) {
@@ -85,9 +86,21 @@ func (f *memFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	return 0
 }
 
-// Open allows reading by callers that may use the snapshot.
+// Open allows reading by callers that may use the snapshot. Each open gets
+// its own handle, which prefetches while its reads are sequential.
 func (f *memFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, fuse.FOPEN_KEEP_CACHE, openSnapshotFile(ctx, f.state, f.attr, flags)
+	if errno := openSnapshotFile(ctx, f.state, f.attr, flags); errno != 0 {
+		return nil, 0, errno
+	}
+	return newMemHandle(f), fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// Release stops the prefetches of the handle, waiting for those running.
+func (f *memFile) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	if h, ok := fh.(*memHandle); ok {
+		h.close()
+	}
+	return 0
 }
 
 // Read reads saved memory at off. A corrupt frame in the store fails the
@@ -99,6 +112,10 @@ func (f *memFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	}
 	n := min(uint64(len(dest)), f.size-uint64(off))
 
+	if h, ok := fh.(*memHandle); ok {
+		h.observe(uint64(off), n)
+		h.await(ctx, uint64(off), n)
+	}
 	if err := f.snap.ReadRegion(f.index, dest[:n], uint64(off)); err != nil {
 		errno := errnoOf(err)
 		f.state.log.Error("read snapshot memory failed", "pid", f.snap.Info.Process.PID, "snapshot", f.snap.Info.Name,

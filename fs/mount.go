@@ -86,6 +86,11 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 
+	if os.Geteuid() == 0 {
+		if err := setKernelReadAhead(mountpoint, kernelReadAheadKiB); err != nil {
+			log.Warn("kernel read-ahead left at its default of 128 KiB: sequential reads of memory files are slower", "mountpoint", mountpoint, "err", err)
+		}
+	}
 	log.Info("mounted", "mountpoint", mountpoint, "store", cfg.Store.Dir())
 	state.autosave.resume()
 	return &Server{fuse: srv, mountpoint: mountpoint, state: state}, nil
@@ -95,13 +100,28 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 // because a second mount would hide the first one's tree and leave its
 // daemon running unseen.
 func checkNotMounted(mountpoint string) error {
-	abs, err := filepath.Abs(mountpoint)
+	abs, dev, err := ckptfsMount(mountpoint)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
+	if dev != "" {
+		return fmt.Errorf("mount %s: a ckptfs is mounted there already; unmount it first with umount %s: %w",
+			mountpoint, abs, unix.EBUSY)
+	}
+	return nil
+}
+
+// ckptfsMount returns the absolute path of mountpoint and the device
+// number, "MAJOR:MINOR", of the newest ckptfs mounted there, or "" when
+// none is. It reads the mount table, not the mount itself.
+func ckptfsMount(mountpoint string) (abs, dev string, err error) {
+	abs, err = filepath.Abs(mountpoint)
+	if err != nil {
+		return "", "", err
+	}
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return fmt.Errorf("mount %s: read mount table: %w", mountpoint, err)
+		return "", "", fmt.Errorf("read mount table: %w", err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		fields := strings.Fields(line)
@@ -110,11 +130,10 @@ func checkNotMounted(mountpoint string) error {
 			continue
 		}
 		if fields[4] == abs && fields[sep+1] == "fuse.ckptfs" {
-			return fmt.Errorf("mount %s: a ckptfs is mounted there already; unmount it first with umount %s: %w",
-				mountpoint, abs, unix.EBUSY)
+			dev = fields[2]
 		}
 	}
-	return nil
+	return abs, dev, nil
 }
 
 // mountOptions returns the go-fuse options of a mount. Timeouts stay unset
@@ -145,22 +164,24 @@ func mountOptions(cfg Config, log *slog.Logger) *gofs.Options {
 }
 
 // Wait blocks until the file system is unmounted, then stops the autosave
-// schedules.
+// schedules and ends the write tracking of every process.
 func (s *Server) Wait() {
 	s.fuse.Wait()
 	s.state.autosave.stop()
+	s.state.closeTrackers()
 }
 
 // Unmount stops the autosave schedules, waiting for an auto-save in
-// progress, and unmounts the file system. Their settings stay in the store
-// for the next mount. When the kernel reports it busy, for
-// example because a process has a file open inside, Unmount detaches it
-// lazily with umount2(MNT_DETACH). The mount then leaves the namespace at
+// progress, unmounts the file system and ends the write tracking of every
+// process. The autosave settings stay in the store for the next mount.
+// When the kernel reports it busy, for example because a process has a
+// file open inside, Unmount detaches it lazily with umount2(MNT_DETACH). The mount then leaves the namespace at
 // once, and the server stops when the last file is closed.
 func (s *Server) Unmount() error {
 	s.state.autosave.stop()
 	err := s.fuse.Unmount()
 	if err == nil {
+		s.state.closeTrackers()
 		s.state.log.Info("unmounted", "mountpoint", s.mountpoint)
 		return nil
 	}
@@ -205,14 +226,19 @@ func (m *mountState) proc(id snapshot.ProcessID) *procState {
 }
 
 // forgetExited drops the state of processes that are not in live, keyed by
-// pid.
+// pid, and ends their write tracking. A process with an operation still
+// in progress is dropped at a later call.
 func (m *mountState) forgetExited(live map[int]bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 
-	for id := range m.procs {
-		if !live[id.PID] {
-			delete(m.procs, id)
+	for id, p := range m.procs {
+		if live[id.PID] || p.busy() {
+			continue
 		}
+		if err := p.closeTracker(); err != nil {
+			m.log.Warn("ending write tracking of an exited process failed", "pid", id.PID, "err", err)
+		}
+		delete(m.procs, id)
 	}
 }

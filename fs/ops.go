@@ -63,6 +63,7 @@ func (m *mountState) beginCapture(caller *fuse.Caller, id snapshot.ProcessID, re
 		}
 	}
 
+	m.precopy(ps, id)
 	op, err := m.begin(id)
 	if err != nil {
 		ps.release()
@@ -117,14 +118,25 @@ func (m *mountState) captureFrozen(op *engine.Op, rec opRecord, id snapshot.Proc
 		return func(name string) (*snapshot.Info, error) { return m.store.Save(img, name) }, nil
 	}
 
+	tracker := m.track(op, m.proc(id), id)
 	img, mem, err := op.CaptureCOW()
 	if err != nil {
+		if tracker != nil {
+			tracker.Reset()
+		}
 		return nil, err
 	}
 	return func(name string) (*snapshot.Info, error) {
 		info, err := m.store.SaveFrom(img, name, mem)
 		if closeErr := mem.Close(); closeErr != nil {
 			m.log.Warn("ending the copy-on-write clone failed", "pid", id.PID, "err", closeErr)
+		}
+		switch {
+		case tracker == nil:
+		case err != nil:
+			tracker.Reset()
+		default:
+			tracker.SetBase(info.Name)
 		}
 		return info, err
 	}, nil
@@ -215,8 +227,12 @@ func (m *mountState) finishRestore(op *engine.Op, snap *snapshot.Snapshot, parts
 	defer ps.release()
 	defer m.closeSnapshot(snap)
 
+	tracker := m.track(op, ps, id)
 	report, err := op.Restore(snap.Image, snap, parts)
 	op.Close()
+	if err == nil && tracker != nil {
+		tracker.SetBase(snap.Info.Name)
+	}
 	if err != nil {
 		return m.failed(ps, rec, id, m.explain(id, "restore", err))
 	}

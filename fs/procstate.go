@@ -61,6 +61,10 @@ type procState struct {
 
 	lastRestored string
 	last         *opRecord
+
+	// tracker follows the pages the process writes between operations,
+	// nil until its first capture.
+	tracker *engine.Tracker
 }
 
 // acquire makes the caller the owner of the process for one operation of

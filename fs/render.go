@@ -25,6 +25,9 @@ func renderInfo(info snapshot.Info, img *snapshot.Image) []byte {
 	fmt.Fprintf(&b, "regions: %d\n", info.Regions)
 	fmt.Fprintf(&b, "bytes: %d\n", info.Bytes)
 	fmt.Fprintf(&b, "stored: %d\n", info.Stored)
+	if info.Base != "" {
+		fmt.Fprintf(&b, "base: %s\n", info.Base)
+	}
 	fmt.Fprintf(&b, "frozen: %s\n", info.Frozen.Round(time.Microsecond))
 	if img != nil {
 		fmt.Fprintf(&b, "job_stopped: %t\n", img.JobStopped)

@@ -93,13 +93,30 @@ func (b *bench) newStore(name string) (*snapshot.Store, func(), error) {
 // captureSave runs one capture and saves it: the daemon's capture path. It
 // returns the wall time of both and logs the share of each. Each capture
 // starts with the garbage of the previous one collected and its memory
-// returned to the kernel, as in a daemon that was idle in between.
-func (b *bench) captureSave(st *snapshot.Store, pid int, name string) (*snapshot.Image, *snapshot.Info, time.Duration, error) {
+// returned to the kernel, as in a daemon that was idle in between. With a
+// tracker, the capture saves only the pages written since the tracker's
+// base, as the mount does, and the snapshot becomes the new base.
+func (b *bench) captureSave(st *snapshot.Store, pid int, name string, tr *engine.Tracker) (*snapshot.Image, *snapshot.Info, time.Duration, error) {
 	runtime.GC()
 	debug.FreeOSMemory()
 
 	start := time.Now()
-	img, mem, err := engine.CaptureCOW(pid, b.log)
+	if tr != nil {
+		if err := tr.Precopy(); err != nil {
+			return nil, nil, 0, fmt.Errorf("copy written pages of pid %d: %w", pid, err)
+		}
+	}
+	op, err := engine.Begin(pid, b.log)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("capture pid %d: %w", pid, err)
+	}
+	defer op.Close()
+	if tr != nil {
+		if err := op.Track(tr); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+	img, mem, err := op.CaptureCOW()
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("capture pid %d: %w", pid, err)
 	}
@@ -108,8 +125,14 @@ func (b *bench) captureSave(st *snapshot.Store, pid int, name string) (*snapshot
 	if closeErr := mem.Close(); err == nil && closeErr != nil {
 		err = closeErr
 	}
+	if tr != nil && err != nil {
+		tr.Reset()
+	}
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("save snapshot %s of pid %d: %w", name, pid, err)
+	}
+	if tr != nil {
+		tr.SetBase(info.Name)
 	}
 	wall := time.Since(start)
 	progress("pid %d: capture %v (frozen %v), save %v", pid, captured.Round(time.Microsecond),
@@ -127,7 +150,7 @@ func (b *bench) warmUp(pid int) error {
 	}
 	defer release()
 
-	_, _, _, err = b.captureSave(st, pid, "")
+	_, _, _, err = b.captureSave(st, pid, "", nil)
 	return err
 }
 
@@ -171,14 +194,24 @@ func (b *bench) runOnce(tgt *memTarget, size, readRef string, run int) {
 	}
 	defer release()
 
-	first, err := b.measureFirst(st, tgt, size)
+	// Each run tracks writes afresh, as a mount that meets the process for
+	// the first time does.
+	id, err := engine.Identify(tgt.pid)
+	if err != nil {
+		b.metric(mFrozenFirst, size, unitSeconds, refCopy).fail(err)
+		return
+	}
+	tr := engine.NewTracker(id)
+	defer tr.Close()
+
+	first, err := b.measureFirst(st, tgt, size, tr)
 	if err != nil {
 		return
 	}
-	next, err := b.measureNext(st, tgt, size, first)
+	next, err := b.measureNext(st, tgt, size, first, tr)
 	if err == nil {
-		b.measureRollback(st, tgt, b.metric(mRollbackSome, size, unitSeconds, refCopy), next, false)
+		b.measureRollback(st, tgt, b.metric(mRollbackSome, size, unitSeconds, refCopy), next, false, tr)
 	}
-	b.measureRollback(st, tgt, b.metric(mRollbackAll, size, unitSeconds, refCopy), first, true)
+	b.measureRollback(st, tgt, b.metric(mRollbackAll, size, unitSeconds, refCopy), first, true, tr)
 	b.measureCat(st, tgt, size, first, readRef)
 }

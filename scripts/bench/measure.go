@@ -17,7 +17,7 @@ import (
 // measureFirst takes the first snapshot of tgt into an empty store and
 // records its frozen time, wall time, stored size and the bench's peak
 // resident size, each with its reference.
-func (b *bench) measureFirst(st *snapshot.Store, tgt *memTarget, size string) (saved, error) {
+func (b *bench) measureFirst(st *snapshot.Store, tgt *memTarget, size string, tr *engine.Tracker) (saved, error) {
 	rows := []*row{
 		b.metric(mFrozenFirst, size, unitSeconds, refCopy),
 		b.metric(mWallFirst, size, unitSeconds, refCopy),
@@ -38,7 +38,7 @@ func (b *bench) measureFirst(st *snapshot.Store, tgt *memTarget, size string) (s
 	if err := resetPeakRSS(); err != nil {
 		return failAll(err)
 	}
-	img, info, wall, err := b.captureSave(st, tgt.pid, "first")
+	img, info, wall, err := b.captureSave(st, tgt.pid, "first", tr)
 	if err != nil {
 		return failAll(err)
 	}
@@ -73,7 +73,7 @@ func (b *bench) measureFirst(st *snapshot.Store, tgt *memTarget, size string) (s
 
 // measureNext rewrites 1% of the target's pages and takes the next
 // snapshot into the same store.
-func (b *bench) measureNext(st *snapshot.Store, tgt *memTarget, size string, first saved) (saved, error) {
+func (b *bench) measureNext(st *snapshot.Store, tgt *memTarget, size string, first saved, tr *engine.Tracker) (saved, error) {
 	frozen := b.metric(mFrozenNext, size, unitSeconds, refCopy)
 	stored := b.metric(mStoredNext, size, unitPercent, refChanged)
 	fail := func(err error) (saved, error) {
@@ -90,7 +90,7 @@ func (b *bench) measureNext(st *snapshot.Store, tgt *memTarget, size string, fir
 	if err != nil {
 		return fail(err)
 	}
-	img, info, _, err := b.captureSave(st, tgt.pid, "next")
+	img, info, _, err := b.captureSave(st, tgt.pid, "next", tr)
 	if err != nil {
 		return fail(err)
 	}
@@ -109,7 +109,7 @@ func (b *bench) measureNext(st *snapshot.Store, tgt *memTarget, size string, fir
 // measureRollback rewrites 1% of the pages (or all of them) and rolls the
 // target back to snap, timing the load from the store and the restore. It
 // then checks the target's buffer hash against the one at snap's capture.
-func (b *bench) measureRollback(st *snapshot.Store, tgt *memTarget, x *row, snap saved, all bool) {
+func (b *bench) measureRollback(st *snapshot.Store, tgt *memTarget, x *row, snap saved, all bool, tr *engine.Tracker) {
 	d, err := tgt.dirty(all)
 	if err != nil {
 		x.fail(err)
@@ -119,7 +119,7 @@ func (b *bench) measureRollback(st *snapshot.Store, tgt *memTarget, x *row, snap
 	runtime.GC()
 	debug.FreeOSMemory()
 	start := time.Now()
-	elapsed, err := b.loadRestore(st, tgt.pid, snap.info)
+	elapsed, err := b.loadRestore(st, tgt.pid, snap.info, tr)
 	if err != nil {
 		x.fail(err)
 		return
@@ -151,8 +151,10 @@ func (b *bench) measureRollback(st *snapshot.Store, tgt *memTarget, x *row, snap
 }
 
 // loadRestore loads info's snapshot and restores it into pid in full. It
-// returns the time of the restore alone, and the caller times both.
-func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info) (time.Duration, error) {
+// returns the time of the restore alone, and the caller times both. With a
+// tracker, a rollback to its base compares only the pages written since,
+// and the snapshot becomes the base again.
+func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info, tr *engine.Tracker) (time.Duration, error) {
 	snap, err := st.Load(info.Process, info.Name)
 	if err != nil {
 		return 0, fmt.Errorf("load snapshot %s of pid %d: %w", info.Name, pid, err)
@@ -160,9 +162,22 @@ func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info) (t
 	defer snap.Close()
 
 	start := time.Now()
-	report, err := engine.Restore(pid, snap.Image, snap, nil, b.log)
+	op, err := engine.Begin(pid, b.log)
 	if err != nil {
 		return 0, fmt.Errorf("restore pid %d to %s: %w", pid, info.Name, err)
+	}
+	defer op.Close()
+	if tr != nil {
+		if err := op.Track(tr); err != nil {
+			return 0, err
+		}
+	}
+	report, err := op.Restore(snap.Image, snap, nil)
+	if err != nil {
+		return 0, fmt.Errorf("restore pid %d to %s: %w", pid, info.Name, err)
+	}
+	if tr != nil {
+		tr.SetBase(info.Name)
 	}
 	b.log.Debug("restored", "pid", pid, "snapshot", info.Name, "left_alone", report.LeftAlone, "warnings", report.Warnings)
 	return time.Since(start), nil
@@ -266,7 +281,7 @@ func (b *bench) idleRun(pid, run int, frozen, wall *row) error {
 	}
 	defer release()
 
-	img, _, elapsed, err := b.captureSave(st, pid, "")
+	img, _, elapsed, err := b.captureSave(st, pid, "", nil)
 	if err != nil {
 		return err
 	}

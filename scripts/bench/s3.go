@@ -171,7 +171,7 @@ func (s *s3Bench) benchSize(mib int) {
 // captureSaveRemove captures pid into st as name, removes the snapshot
 // again and returns its info and the wall time of capture and save.
 func (s *s3Bench) captureSaveRemove(st *snapshot.Store, pid int, name string) (*snapshot.Info, time.Duration, error) {
-	_, info, wall, err := s.captureSave(st, pid, name)
+	_, info, wall, err := s.captureSave(st, pid, name, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -201,7 +201,7 @@ func (s *s3Bench) runOnce(tgt *memTarget, size string, run int, capture, rollbac
 	}
 	walls := map[*snapshot.Store][2]time.Duration{}
 	for _, st := range stores {
-		_, info, captured, err := s.captureSave(st, tgt.pid, fmt.Sprintf("run-%d", run))
+		_, info, captured, err := s.captureSave(st, tgt.pid, fmt.Sprintf("run-%d", run), nil)
 		if err != nil {
 			return err
 		}
@@ -233,7 +233,7 @@ func (s *s3Bench) rollbackAll(st *snapshot.Store, tgt *memTarget, snap saved) (t
 		return 0, err
 	}
 	start := time.Now()
-	if _, err := s.loadRestore(st, tgt.pid, snap.info); err != nil {
+	if _, err := s.loadRestore(st, tgt.pid, snap.info, nil); err != nil {
 		return 0, err
 	}
 	wall := time.Since(start)
