@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/cespare/xxhash/v2"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -46,12 +48,44 @@ func writeData(dir string, img *Image, src MemorySource, link *baseLink) (*dataF
 		return nil, fmt.Errorf("create data file %s: %w", path, err)
 	}
 
-	files, x, err := writeSections(file, img, src, link)
+	out := bufio.NewWriterSize(&writebackFile{file: file}, writeBuffer)
+	files, x, err := writeSections(out, img, src, link)
+	if err == nil {
+		err = out.Flush()
+	}
 	if err != nil {
 		_ = file.Close() // the caller deletes the work directory
 		return nil, fmt.Errorf("write data file %s: %w", path, err)
 	}
 	return &dataFile{files: files, index: x, synced: syncInBackground(file)}, nil
+}
+
+const (
+	// writeBuffer gathers the small compressed frames into fewer writes.
+	writeBuffer = 1 << 20
+
+	// writebackStep is how many bytes of a data file are written before
+	// the kernel is asked to start writing them to disk, so that the
+	// final sync waits only for the last part instead of all of it.
+	writebackStep = 16 << 20
+)
+
+// writebackFile writes to a data file and starts the kernel's writeback of
+// every writebackStep bytes written.
+type writebackFile struct {
+	file          *os.File
+	written, sent int64
+}
+
+func (w *writebackFile) Write(p []byte) (int, error) {
+	n, err := w.file.Write(p)
+	w.written += int64(n)
+	if w.written-w.sent >= writebackStep {
+		// Only a hint: a failure shows again in the sync that follows.
+		_ = unix.SyncFileRange(int(w.file.Fd()), w.sent, w.written-w.sent, unix.SYNC_FILE_RANGE_WRITE)
+		w.sent = w.written
+	}
+	return n, err
 }
 
 // writeSections writes the memory frames and the metadata to out.

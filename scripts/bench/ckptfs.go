@@ -26,6 +26,7 @@ const (
 	mCat          = "cat of memory file, cold, via mount"
 	mIdleFrozen   = "frozen, idle sleep 1000"
 	mIdleWall     = "capture wall, idle sleep 1000"
+	mIdleAgain    = "capture wall, idle sleep 1000, again"
 )
 
 // goals are the project's targets, which apply to 1 GiB rows and to the
