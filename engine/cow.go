@@ -99,6 +99,9 @@ func (op *Op) CaptureCOW() (*snapshot.Image, *COWMemory, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("capture pid %d: %w", op.pid, errors.Join(err, op.closeClone()))
 	}
+	if op.protectLate {
+		op.protectAfterThaw(img, clone.pid)
+	}
 	op.log.Debug("captured copy-on-write", "frozen", img.Frozen, "clone", clone.pid,
 		"threads", len(img.Threads), "regions", len(img.Regions))
 	return img, mem, nil

@@ -44,6 +44,9 @@ type Op struct {
 	mem         *os.File // /proc/PID/mem, nil until first used
 	clone       cowClone // copy-on-write clone of CaptureCOW, until closed
 	tracker     *Tracker // set by Track, nil when writes are not tracked
+	// protectLate is set by a first tracked capture that write-protects
+	// the memory after the thaw (see protectAfterThaw).
+	protectLate bool
 }
 
 // Begin freezes process pid for one operation: it checks that the process

@@ -47,6 +47,10 @@ type Tracker struct {
 	// pre holds the pages Precopy read since the last capture or
 	// restore, nil when it did not run.
 	pre *precopied
+	// carried are pages that may differ from the base without showing as
+	// written: those written between the first capture's freeze and the
+	// write protection after its thaw. The next capture reads them.
+	carried []span
 
 	// execID is the exec id (see readExecID) of the program the
 	// userfaultfd was created in: an execve replaces the address space it
@@ -116,7 +120,7 @@ func (t *Tracker) SetBase(name string) {
 func (t *Tracker) Reset() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.base, t.baseImage, t.pending, t.pre = "", nil, nil, nil
+	t.base, t.baseImage, t.pending, t.pre, t.carried = "", nil, nil, nil, nil
 }
 
 // Close releases the userfaultfd, which ends the tracking in the process.
@@ -125,7 +129,7 @@ func (t *Tracker) Reset() {
 func (t *Tracker) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.base, t.baseImage, t.pending, t.ranges, t.pre = "", nil, nil, nil, nil
+	t.base, t.baseImage, t.pending, t.ranges, t.pre, t.carried = "", nil, nil, nil, nil, nil
 	var errs []error
 	if t.uffd >= 0 {
 		errs = append(errs, unix.Close(t.uffd))
@@ -264,7 +268,7 @@ func (t *Tracker) protect(log *slog.Logger, regions []snapshot.Region, img *snap
 		}
 		ranges = append(ranges, trackedRange{start: r.Start, end: r.End, anonOnly: anonOnly(r)})
 	}
-	t.ranges, t.pending, t.pre = ranges, img, nil
+	t.ranges, t.pending, t.pre, t.carried = ranges, img, nil, nil
 	return nil
 }
 

@@ -40,6 +40,8 @@ func (op *Op) captureMemoryTracked(img *snapshot.Image) (cowClone, error) {
 		if err := op.startTracking(t); err != nil {
 			t.failed = true
 			op.log.Debug("write tracking unavailable, every capture is full", "err", err)
+		} else {
+			op.protectLate = pfnsVisible()
 		}
 	}
 
@@ -58,8 +60,9 @@ func (op *Op) captureMemoryTracked(img *snapshot.Image) (cowClone, error) {
 		}
 	}
 
+	op.protectLate = op.protectLate && clone.valid
 	t.base, t.baseImage, t.pending = "", nil, nil
-	if t.started() {
+	if t.started() && !op.protectLate {
 		if err := t.protect(op.log, img.Regions, img); err != nil {
 			t.pending = nil
 			op.log.Warn("write tracking failed, the next capture is full", "err", err)
@@ -191,7 +194,11 @@ func (t *Tracker) scanRegion(r *snapshot.Region, base *snapshot.Region, vec []pa
 	}
 	if !tracked {
 		written = []span{{r.Start, r.End}}
-	} else if t.pre != nil {
+	} else if t.carried != nil {
+		carried := intersectSpans(t.carried, []span{{r.Start, r.End}})
+		written = unionSpans(append(written, carried...))
+	}
+	if tracked && t.pre != nil {
 		earlier := intersectSpans(t.pre.written, []span{{r.Start, r.End}})
 		if t.pre.pages == nil {
 			written = unionSpans(append(written, earlier...))

@@ -57,6 +57,7 @@ func (op *Op) changedSince(img *snapshot.Image, cur []snapshot.Region) ([]span, 
 	if t.pre != nil {
 		changed = unionSpans(append(changed, t.pre.written...))
 	}
+	changed = unionSpans(append(changed, t.carried...))
 	return changed, true, nil
 }
 

@@ -431,3 +431,34 @@ func TestSecondTrackerLeavesFirstAlone(t *testing.T) {
 		t.Errorf("pages of the buffer saved anew: %v, want [3]", written)
 	}
 }
+
+func TestClonePagesShowWritesSinceFork(t *testing.T) {
+	tt := startTrackTarget(t)
+	op, err := Begin(tt.PID, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	_, mem, err := op.CaptureCOW()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+
+	tt.send(t, "w 3 200", "wrote")
+	tt.send(t, "z 50", "dropped")
+	pagemap, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", tt.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pagemap.Close()
+	changed, err := changedSinceFork(pagemap, mem.clonePID, []trackedRange{{start: tt.addr, end: tt.page(256)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	want := []span{{tt.page(3), tt.page(4)}, {tt.page(50), tt.page(51)}}
+	if !slices.Equal(changed, want) {
+		t.Errorf("pages changed since the fork: %x, want %x", changed, want)
+	}
+}
