@@ -444,6 +444,9 @@ func TestClonePagesShowWritesSinceFork(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.Close()
+	if mem.clonePID == 0 {
+		t.Fatal("CaptureCOW made no clone")
+	}
 
 	tt.send(t, "w 3 200", "wrote")
 	tt.send(t, "z 50", "dropped")

@@ -7,6 +7,8 @@
  *   m       map and fill a new 4-page region with 'M'; prints "mapped ADDR"
  *   g I     prints "page I=B" with B the first byte of page I
  *   sum     prints "sum HEX", a hash of the whole buffer
+ * A further 2 MiB of private memory, never changed, makes the process large
+ * enough for a capture to clone it rather than copy its memory while frozen.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -29,11 +31,13 @@ static uint64_t checksum(void)
 
 int main(void)
 {
+	char *ballast = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	buf = mmap(NULL, NPAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (buf == MAP_FAILED) {
+	if (ballast == MAP_FAILED || buf == MAP_FAILED) {
 		perror("mmap");
 		return 1;
 	}
+	memset(ballast, 1, 2 << 20);
 	for (int i = 0; i < NPAGES; i++)
 		memset(buf + (size_t)i * PAGE, i % 251 + 1, PAGE);
 	printf("ready addr=%p pages=%d\n", (void *)buf, NPAGES);
