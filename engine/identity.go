@@ -60,8 +60,12 @@ func checkSameProgram(pid int, img *snapshot.Image) error {
 		return fmt.Errorf("stat executable of pid %d: %w", pid, errnoOrESRCH(err))
 	}
 	if exe.Dev != img.ExeDev || exe.Ino != img.ExeIno {
-		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d ran another program since the snapshot (executable inode %d, was %d %s)",
-			pid, exe.Ino, img.ExeIno, img.Exe))
+		now, err := os.Readlink(path)
+		if err != nil {
+			now = "another program"
+		}
+		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d ran another program since the snapshot: %s (inode %d), was %s (inode %d)",
+			pid, now, exe.Ino, img.Exe, img.ExeIno))
 	}
 
 	if img.ExecID != "" {

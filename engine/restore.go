@@ -180,10 +180,6 @@ func (r *restorer) check() error {
 	if r.curRegions, _, err = op.readMaps(); err != nil {
 		return err
 	}
-	// NOTE: a mapping the process registered with a userfaultfd of its own,
-	// in missing or synchronous write-protect mode, is written like any
-	// other; a write that faults there would wait for the process's own
-	// handler, which is frozen.
 	if err := checkShadowStack(op.pid, r.curRegions); err != nil {
 		return err
 	}
@@ -256,7 +252,7 @@ func (r *restorer) planLayout() error {
 	if tracked {
 		r.layout.kept = intersectSpans(r.layout.kept, changed)
 	}
-	return nil
+	return checkOwnUserfaultfd(r.op.pid, r.curRegions, r.layout.kept)
 }
 
 // leftAlone lists what a full restore of img does not roll back.

@@ -149,3 +149,24 @@ func mapsLine(t *testing.T, pid int, addr uint64) string {
 	}
 	return ""
 }
+
+// materialize reads into Run.Data every run of img that mem serves (those
+// not marked Base and without bytes yet), then closes mem. It returns img.
+func materialize(t *testing.T, img *snapshot.Image, mem *COWMemory) *snapshot.Image {
+	t.Helper()
+	defer mem.Close()
+	for i := range img.Regions {
+		for k := range img.Regions[i].Runs {
+			run := &img.Regions[i].Runs[k]
+			if run.Data != nil || run.Base {
+				continue
+			}
+			data := make([]byte, run.Len)
+			if err := mem.ReadRegion(i, data, run.Off); err != nil {
+				t.Fatalf("read region %d: %v", i, err)
+			}
+			run.Data = data
+		}
+	}
+	return img
+}

@@ -78,10 +78,15 @@ func (e *layoutEntry) fileOffset(addr uint64) uint64 { return e.offset + (addr -
 // they overlap the same bytes show through (file entries must also map the
 // same file offset at the same address).
 func sameBacking(a, b *layoutEntry) bool {
-	if a.path != b.path || a.dev != b.dev || a.inode != b.inode || a.shared() != b.shared() {
+	if a.dev != b.dev || a.inode != b.inode || a.shared() != b.shared() {
 		return false
 	}
-	return a.inode == 0 || a.offset-a.start == b.offset-b.start
+	if a.inode == 0 {
+		return a.path == b.path
+	}
+	// A mapped file stays the same while its device and inode do, even when
+	// its path was renamed or deleted since: maps then shows "(deleted)".
+	return a.offset-a.start == b.offset-b.start
 }
 
 // mergeLayout turns maps lines into layout entries sorted by address,

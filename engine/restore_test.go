@@ -590,3 +590,72 @@ func TestRestoreJobStop(t *testing.T) {
 		checkRunning(t, p)
 	})
 }
+
+func TestRestoreAfterExecutableReplaced(t *testing.T) {
+	for _, parts := range [][]string{nil, {"memory"}} {
+		t.Run(fmt.Sprint(parts), func(t *testing.T) {
+			// A private copy of the program, replaced on disk as a compiler
+			// or package manager replaces it: maps then shows it "(deleted)".
+			bin := filepath.Join(t.TempDir(), "rst_global")
+			copyFile(t, testproc.Build(t, "rst_global"), bin)
+			p := testproc.Start(t, bin)
+			next := func() []uint64 { return numbers(t, p.Expect("count ")) }
+
+			atCapture := next()[0]
+			img := captureImage(t, p.PID)
+			var last []uint64
+			for range 30 {
+				last = next()
+			}
+			copyFile(t, bin, bin+".new")
+			if err := os.Rename(bin+".new", bin); err != nil {
+				t.Fatal(err)
+			}
+
+			if _, err := Restore(p.PID, img, imageMemory{img}, parts, testLogger(t)); err != nil {
+				t.Fatalf("restore %v after the executable was replaced: %v", parts, err)
+			}
+			after, before := rollBack(t, last, next)
+			if after[0] < atCapture || after[0] >= before[0] {
+				t.Errorf("count after restore %d, want between %d and %d", after[0], atCapture, before[0])
+			}
+			checkRunning(t, p)
+		})
+	}
+}
+
+// copyFile copies the executable src to dst.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRestoreRejectsOwnUserfaultfd(t *testing.T) {
+	p := startCommanded(t, "rst_uffd")
+	addr := parseHex(t, strings.TrimPrefix(p.Expect("ready "), "0x"))
+	img, mem, err := CaptureCOW(p.PID, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := materialize(t, img, mem)
+	p.send(t, "z", "dropped")
+
+	// Writing page 5 back would fault into the process's own handler,
+	// which cannot run while the process is frozen.
+	_, err = Restore(p.PID, saved, imageMemory{saved}, nil, testLogger(t))
+	var rej *RejectError
+	if !errors.As(err, &rej) || !errors.Is(err, unix.EOPNOTSUPP) {
+		t.Fatalf("restore = %v, want an EOPNOTSUPP RejectError", err)
+	}
+	if line := mapsLine(t, p.PID, addr); !strings.Contains(err.Error(), strings.Fields(line)[0]) || !strings.Contains(err.Error(), "userfaultfd") {
+		t.Errorf("error %q does not name the mapping %s and its userfaultfd", err, strings.Fields(line)[0])
+	}
+	p.send(t, "p", "pong")
+	checkRunning(t, p.Proc)
+}

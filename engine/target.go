@@ -34,13 +34,15 @@ func checkTarget(pid int) error {
 	if kernelThread(pid, st) {
 		return reject(unix.EPERM, fmt.Sprintf("pid %d (%s) is a kernel thread", pid, st.Name))
 	}
+	// TracerPid is the thread that traces; name its process.
+	tracer := processOf(st.TracerPid)
 	if st.TracerPid != 0 && !threadOf(st.TracerPid, self) && sameExecutable(st.TracerPid, self) {
 		return reject(unix.EBUSY, fmt.Sprintf("pid %d (%s) is being captured or restored by another ckptfs (pid %d); retry when it finishes",
-			pid, st.Name, st.TracerPid))
+			pid, st.Name, tracer))
 	}
 	if st.TracerPid != 0 {
 		return reject(unix.EPERM, fmt.Sprintf("pid %d (%s) is already traced by pid %d (%s)",
-			pid, st.Name, st.TracerPid, commOf(st.TracerPid)))
+			pid, st.Name, tracer, commOf(tracer)))
 	}
 	return check64bit(pid, st.Name)
 }
@@ -99,4 +101,17 @@ func check64bit(pid int, name string) error {
 		return reject(unix.EOPNOTSUPP, fmt.Sprintf("pid %d (%s) is a 32-bit process, which is not supported", pid, name))
 	}
 	return nil
+}
+
+// processOf returns the process (thread group) that thread tid belongs
+// to, or tid itself when that cannot be read.
+func processOf(tid int) int {
+	if tid == 0 {
+		return 0
+	}
+	st, err := ReadStatus(tid)
+	if err != nil || st.Tgid == 0 {
+		return tid
+	}
+	return st.Tgid
 }

@@ -112,7 +112,7 @@ func (op *Op) captureDelta(img *snapshot.Image, t *Tracker) (bool, error) {
 	if err := op.copyWritten(regions); err != nil {
 		return false, err
 	}
-	img.Regions, img.Base = regions, t.base
+	img.Regions, img.Base, img.BaseCaptured = regions, t.base, t.baseImage.Captured
 	return true, nil
 }
 

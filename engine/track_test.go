@@ -70,22 +70,7 @@ func (tt *trackTarget) capture(t *testing.T) *snapshot.Image {
 	if err != nil {
 		t.Fatalf("tracked capture of pid %d: %v", tt.PID, err)
 	}
-	defer mem.Close()
-
-	for i := range img.Regions {
-		for k := range img.Regions[i].Runs {
-			run := &img.Regions[i].Runs[k]
-			if run.Data != nil || run.Base {
-				continue
-			}
-			data := make([]byte, run.Len)
-			if err := mem.ReadRegion(i, data, run.Off); err != nil {
-				t.Fatalf("read region %d: %v", i, err)
-			}
-			run.Data = data
-		}
-	}
-	return img
+	return materialize(t, img, mem)
 }
 
 // restore runs a tracked restore of img, whose runs carry their bytes.

@@ -71,6 +71,9 @@ func TestIncrementalSnapshots(t *testing.T) {
 	if a["base"] != "" || b["base"] != "a" {
 		t.Fatalf("info base: a %q, b %q; want none and a", a["base"], b["base"])
 	}
+	if b["base_captured"] != a["captured"] {
+		t.Errorf("b has base_captured %q, want a's captured %q", b["base_captured"], a["captured"])
+	}
 	if got := pt.page(t, m, "b", 3); !bytes.Equal(got, bytes.Repeat([]byte{200}, 4096)) {
 		t.Errorf("page 3 of b starts %d, want 200s", got[0])
 	}
@@ -85,9 +88,12 @@ func TestIncrementalSnapshots(t *testing.T) {
 	want := pt.do(t, "sum", "sum ")
 	pt.do(t, "w 3 1", "wrote")
 	pt.do(t, "w 9 1", "wrote")
-	m.mustWrite("b", pt.PID, "restore")
+	m.mustWrite("latest", pt.PID, "restore")
 	if got := pt.do(t, "sum", "sum "); got != want {
-		t.Errorf("hash after restoring b %s, want %s", got, want)
+		t.Errorf("hash after restoring latest (b) %s, want %s", got, want)
+	}
+	if got := keyValues(m.read(pt.PID, "status"))["snapshot"]; got != "b" {
+		t.Errorf("status names snapshot %q after restoring latest, want b", got)
 	}
 	if err := os.Remove(m.path(pt.PID, "a")); err != nil {
 		t.Fatalf("rmdir a: %v", err)

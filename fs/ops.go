@@ -90,7 +90,8 @@ func (m *mountState) finishCapture(op *engine.Op, ps *procState, rec opRecord, i
 	ps.startSaving()
 	info, err := save(rec.Snapshot)
 	if err != nil {
-		return m.failed(ps, rec, id, fmt.Errorf("save snapshot of pid %d: %w", id.PID, err))
+		// The store's error already names the process and the save.
+		return m.failed(ps, rec, id, err)
 	}
 
 	rec.Running = false
@@ -185,6 +186,15 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 		return nil, nil, nil, false, err
 	}
 
+	if name == latestName {
+		if name, err = m.newest(id); err == nil && name == "" {
+			err = fmt.Errorf("restore latest onto pid %d: the process has no snapshot: %w", id.PID, unix.ENOENT)
+		}
+		if err != nil {
+			ps.release()
+			return nil, nil, nil, false, err
+		}
+	}
 	snap, err := m.loadRestorable(creds, id, name)
 	if err != nil {
 		ps.release()

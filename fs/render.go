@@ -28,6 +28,9 @@ func renderInfo(info snapshot.Info, img *snapshot.Image) []byte {
 	if info.Base != "" {
 		fmt.Fprintf(&b, "base: %s\n", info.Base)
 	}
+	if img != nil && !img.BaseCaptured.IsZero() {
+		fmt.Fprintf(&b, "base_captured: %s\n", img.BaseCaptured.Format(time.RFC3339Nano))
+	}
 	fmt.Fprintf(&b, "frozen: %s\n", info.Frozen.Round(time.Microsecond))
 	if img != nil {
 		fmt.Fprintf(&b, "job_stopped: %t\n", img.JobStopped)

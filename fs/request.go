@@ -53,8 +53,13 @@ func parseCaptureRequest(request string) (string, error) {
 	return request, nil
 }
 
+// latestName, in a restore request, names the newest snapshot of the
+// process, as the latest link does.
+const latestName = "latest"
+
 // parseRestoreRequest parses a write to a restore file: "NAME [PART...]",
-// separated by spaces. No parts means a full restore (nil parts).
+// separated by spaces. No parts means a full restore (nil parts). NAME may
+// be latest, which the caller resolves.
 //
 // NOTE: parts are split on white space, so a mapping whose path contains a
 // space cannot be named; its START-END bounds can.
@@ -63,7 +68,7 @@ func parseRestoreRequest(request string) (string, []string, error) {
 	if len(fields) == 0 {
 		return "", nil, fmt.Errorf("empty restore request: write NAME [PART...]: %w", unix.EINVAL)
 	}
-	if err := snapshot.ValidName(fields[0]); err != nil {
+	if err := snapshot.ValidName(fields[0]); err != nil && fields[0] != latestName {
 		return "", nil, fmt.Errorf("restore request %q: %w", request, err)
 	}
 

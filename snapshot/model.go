@@ -77,6 +77,10 @@ type Image struct {
 	// addresses, so the store takes them from the base instead of reading
 	// them again.
 	Base string `json:"base,omitempty"`
+
+	// BaseCaptured is the capture time of the base. Names are reused once
+	// a snapshot is removed, so the name alone may later name another one.
+	BaseCaptured time.Time `json:"base_captured,omitzero"`
 }
 
 // Thread is the saved state of one thread.

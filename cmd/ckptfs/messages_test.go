@@ -147,8 +147,17 @@ func TestMountHintOrdinaryUser(t *testing.T) {
 func TestRefusalHint(t *testing.T) {
 	needRoot(t)
 	p := startCounter(t)
-	same := &snapshot.Image{Threads: []snapshot.Thread{{TID: p.PID}}}
-	more := &snapshot.Image{Threads: []snapshot.Thread{{TID: p.PID}, {TID: p.PID + 1}}}
+	var exe unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/exe", p.PID), &exe); err != nil {
+		t.Fatal(err)
+	}
+	same := &snapshot.Image{Threads: []snapshot.Thread{{TID: p.PID}}, ExeDev: exe.Dev, ExeIno: exe.Ino}
+	more := &snapshot.Image{Threads: []snapshot.Thread{{TID: p.PID}, {TID: p.PID + 1}}, ExeDev: exe.Dev, ExeIno: exe.Ino}
+	other := &snapshot.Image{Threads: same.Threads, ExeDev: exe.Dev, ExeIno: exe.Ino + 1}
+
+	if hint := refusalHint(p.PID, other, nil); !strings.Contains(hint, "execve") || strings.Contains(hint, "only the other parts") {
+		t.Errorf("hint for a process that ran another program should name the execve and suggest no partial restore: %s", hint)
+	}
 
 	if threadSetChanged(p.PID, same) {
 		t.Errorf("threadSetChanged of single-threaded pid %d against its own tid: true, want false", p.PID)

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
@@ -16,10 +18,15 @@ import (
 // name one part.
 //
 // TODO: the engine's refusals carry no kind beyond the errno, so apart from
-// the thread set this hint cannot tell an execve from a descriptor that
-// cannot be reopened, and leaves that to the message above it.
+// the thread set and a new executable file this hint cannot tell an execve
+// of the same program from a descriptor that cannot be reopened, and
+// leaves that to the message above it.
 func refusalHint(pid int, img *snapshot.Image, parts []string) string {
 	capture := fmt.Sprintf("capture process %d again ('ckptfs capture %d') and restore that snapshot", pid, pid)
+	if exe, changed := programChanged(pid, img); changed {
+		return fmt.Sprintf("process %d runs %s since an execve, and no snapshot taken before it can be restored "+
+			"onto it; capture it again to have a snapshot of the new program", pid, exe)
+	}
 	if threadSetChanged(pid, img) {
 		return fmt.Sprintf("the thread set of process %d changed since the snapshot, and a restore cannot "+
 			"create or end threads; %s", pid, capture)
@@ -52,4 +59,19 @@ func threadSetChanged(pid int, img *snapshot.Image) bool {
 	slices.Sort(now)
 	slices.Sort(saved)
 	return !slices.Equal(now, saved)
+}
+
+// programChanged reports whether process pid runs another executable file
+// than at the capture of img, and returns its path.
+func programChanged(pid int, img *snapshot.Image) (string, bool) {
+	exe := fmt.Sprintf("/proc/%d/exe", pid)
+	var st unix.Stat_t
+	if err := unix.Stat(exe, &st); err != nil {
+		return "", false
+	}
+	path, err := os.Readlink(exe)
+	if err != nil {
+		path = "another program"
+	}
+	return path, st.Dev != img.ExeDev || st.Ino != img.ExeIno
 }

@@ -17,7 +17,8 @@ func (a *app) restoreCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore PID NAME [PART...]",
 		Short: "Roll a running process back to one of its snapshots",
-		Long: "Restore rolls process PID back in place to its snapshot NAME. Without PART the\n" +
+		Long: "Restore rolls process PID back in place to its snapshot NAME, or to its newest\n" +
+			"snapshot when NAME is latest. Without PART the\n" +
 			"restore is full; with PARTs only those are rolled back:\n" +
 			"  memory    contents of private memory except thread stacks\n" +
 			"  layout    the set of mappings, protections and brk\n" +
@@ -59,6 +60,7 @@ func (a *app) restore(pid int, name string, parts []string) error {
 		return err
 	}
 	defer snap.Close()
+	name, t.snapshot = snap.Info.Name, snap.Info.Name // latest resolved
 
 	if len(parts) == 0 {
 		parts = nil
@@ -118,6 +120,12 @@ func (a *app) loadForRestore(store *snapshot.Store, t target) (*snapshot.Snapsho
 		return nil, t.wrap(err)
 	}
 
+	if t.snapshot == "latest" {
+		if t.snapshot, err = newestSnapshot(store, id); err != nil {
+			return nil, t.fail(err)
+		}
+	}
+
 	// Load's errors name the snapshot and the process.
 	snap, err := store.Load(id, t.snapshot)
 	if errors.Is(err, unix.ENOENT) {
@@ -173,4 +181,17 @@ func (a *app) printReport(pid int, name string, report *engine.RestoreReport) {
 	for _, w := range report.Warnings {
 		fmt.Fprintf(a.stderr, "ckptfs: warning: %s\n", w)
 	}
+}
+
+// newestSnapshot returns the name of the newest snapshot of process id, or
+// an error wrapping ENOENT when it has none.
+func newestSnapshot(store *snapshot.Store, id snapshot.ProcessID) (string, error) {
+	infos, err := store.Snapshots(id)
+	if err != nil {
+		return "", err
+	}
+	if len(infos) == 0 {
+		return "", fmt.Errorf("process %d has no snapshot to restore: %w", id.PID, unix.ENOENT)
+	}
+	return infos[len(infos)-1].Name, nil
 }

@@ -105,7 +105,8 @@ func TestRestoreRollsCounterBack(t *testing.T) {
 		last = readCount(t, p)
 	}
 
-	r := mustRun(t, "restore", "--store", store, pid, "early")
+	// The newest snapshot, early, is also called latest.
+	r := mustRun(t, "restore", "--store", store, pid, "latest")
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
 	if lines[0] != "restored pid "+pid+" to snapshot early" {
 		t.Errorf("restore printed %q first, want it to confirm the rollback", lines[0])

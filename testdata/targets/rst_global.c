@@ -1,0 +1,23 @@
+/* rst_global: counts in a busy loop in a global variable of its data
+ * section, which a private mapping of the executable holds, and prints
+ * "count N" every 10 ms. */
+#include <stdio.h>
+#include <time.h>
+
+volatile unsigned long counter = 1;
+
+int main(void)
+{
+	struct timespec last, now;
+
+	clock_gettime(CLOCK_MONOTONIC, &last);
+	for (;;) {
+		counter++;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if ((now.tv_sec - last.tv_sec) * 1000000000L + (now.tv_nsec - last.tv_nsec) >= 10000000L) {
+			printf("count %lu\n", counter);
+			fflush(stdout);
+			last = now;
+		}
+	}
+}
