@@ -126,7 +126,7 @@ func (op *Op) captureProcess(img *snapshot.Image) (*Status, error) {
 //
 // Precondition: all threads stopped; no scratch page mapped yet.
 func (op *Op) captureMaps(img *snapshot.Image) error {
-	regions, raw, err := op.readMaps()
+	regions, raw, err := readMaps(op.pid)
 	if err != nil {
 		return err
 	}

@@ -161,7 +161,7 @@ func (op *Op) captureMemoryCOW(img *snapshot.Image) (cowClone, error) {
 //
 // Precondition: all threads stopped; img.Regions read by captureMapsOnly.
 func (op *Op) addVmFlags(img *snapshot.Image) error {
-	regions, _, err := op.readMaps()
+	regions, _, err := readMaps(op.pid)
 	if err != nil {
 		return err
 	}

@@ -84,10 +84,9 @@
 //   - A thread stopped inside an interruptible system call is saved with
 //     registers that re-enter it (see rearmSyscall); the raw ones are kept.
 //   - Regions that must not be read are listed but not saved: [vvar],
-//     [vvar_vclock], [vsyscall], [uprobes], userfaultfd ranges of the
-//     process (a read would wait for the frozen handler; the tracker's own
-//     ranges are not among them), shadow stacks, device and PFN mappings,
-//     secret memory.
+//     [vvar_vclock], [vsyscall], [uprobes], userfaultfd ranges in missing
+//     or minor mode (a read would wait for the frozen handler), shadow
+//     stacks, device and PFN mappings, secret memory.
 //   - The target's seccomp filter applies to injected system calls.
 //   - Capture copies memory while the process is frozen, so its freeze
 //     grows with the memory saved. CaptureCOW instead injects a clone

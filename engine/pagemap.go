@@ -78,8 +78,11 @@ func regionRuns(pagemap *os.File, r *snapshot.Region) ([]snapshot.Run, error) {
 
 // skipReason returns why region r must not be read, or "" when it may be.
 // Skipped are kernel mappings that are not ordinary memory, userfaultfd
-// ranges (a read would wait for the frozen handler), shadow stacks, device
-// and raw PFN mappings, and secret memory, which only its owner can read.
+// ranges in missing or minor mode (a read of an empty page would wait for
+// the frozen handler), shadow stacks, device and raw PFN mappings, and
+// secret memory, which only its owner can read. Write protection ("uw")
+// never makes a read wait, so those ranges are read, the write tracker's
+// own among them.
 func skipReason(r *snapshot.Region) string {
 	switch r.Path {
 	case "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]":
@@ -90,7 +93,7 @@ func skipReason(r *snapshot.Region) string {
 	}
 	reasons := map[string]string{
 		"um": "userfaultfd range",
-		"uw": "userfaultfd range",
+		"ui": "userfaultfd range",
 		"ss": "shadow stack",
 		"io": "device memory (VM_IO)",
 		"pf": "raw PFN mapping",

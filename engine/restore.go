@@ -177,7 +177,7 @@ func (r *restorer) check() error {
 	}
 
 	var err error
-	if r.curRegions, _, err = op.readMaps(); err != nil {
+	if r.curRegions, _, err = readMaps(op.pid); err != nil {
 		return err
 	}
 	if err := checkShadowStack(op.pid, r.curRegions); err != nil {
@@ -198,7 +198,7 @@ func (r *restorer) check() error {
 func (r *restorer) plan() error {
 	var err error
 	if r.curRegions == nil {
-		if r.curRegions, _, err = r.op.readMaps(); err != nil {
+		if r.curRegions, _, err = readMaps(r.op.pid); err != nil {
 			return err
 		}
 	}

@@ -26,7 +26,7 @@ func (r *restorer) applyLayout() error {
 // Precondition: called on the op's locked thread; all threads stopped.
 func (r *restorer) undoMemory() error {
 	op := r.op
-	now, _, err := op.readMaps()
+	now, _, err := readMaps(op.pid)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -284,23 +283,4 @@ func (t *Tracker) claim(r *snapshot.Region) error {
 func (t *Tracker) protectRange(sp span) error {
 	req := scanRequest{start: sp.start, end: sp.end, flags: pmScanWPMatching | pmScanCheckWPAsync, mask: pageIsWritten, ret: pageIsWritten}
 	return pagemapScan(int(t.pagemap.Fd()), req, nil, nil)
-}
-
-// readMaps is readMaps of the op's process, without the "uw" VmFlag that
-// the tracker's own registration adds: it is not the process's state, and
-// its ranges must not be skipped the way userfaultfd ranges of the
-// process are.
-//
-// Precondition: all threads stopped.
-func (op *Op) readMaps() ([]snapshot.Region, []byte, error) {
-	regions, raw, err := readMaps(op.pid)
-	if err != nil || op.tracker == nil {
-		return regions, raw, err
-	}
-	for i := range regions {
-		if op.tracker.tracked(&regions[i]) {
-			regions[i].VmFlags = slices.DeleteFunc(slices.Clone(regions[i].VmFlags), func(f string) bool { return f == "uw" })
-		}
-	}
-	return regions, raw, nil
 }

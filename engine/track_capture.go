@@ -150,7 +150,7 @@ func sameMapping(a, b *snapshot.Region) bool {
 //
 // Precondition: called on the op's locked thread; all threads stopped.
 func (op *Op) addVmFlagsWhere(regions []snapshot.Region, bases []*snapshot.Region) error {
-	now, _, err := op.readMaps()
+	now, _, err := readMaps(op.pid)
 	if err != nil {
 		return err
 	}

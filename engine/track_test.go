@@ -98,9 +98,12 @@ func resolve(t *testing.T, img, base *snapshot.Image) *snapshot.Image {
 			if !run.Base {
 				continue
 			}
+			// Page by page: the base may hold a run in several regions.
 			run.Data = make([]byte, run.Len)
-			if err := readAt(base, r.Start+run.Off, run.Data); err != nil {
-				t.Fatalf("run %#x+%d marked Base: %v", r.Start+run.Off, run.Len, err)
+			for off := uint64(0); off < run.Len; off += pageSize {
+				if err := readAt(base, r.Start+run.Off+off, run.Data[off:off+pageSize]); err != nil {
+					t.Fatalf("run %#x+%d marked Base: %v", r.Start+run.Off, run.Len, err)
+				}
 			}
 			run.Base = false
 		}
@@ -448,5 +451,28 @@ func TestClonePagesShowWritesSinceFork(t *testing.T) {
 	want := []span{{tt.page(3), tt.page(4)}, {tt.page(50), tt.page(51)}}
 	if !slices.Equal(changed, want) {
 		t.Errorf("pages changed since the fork: %x, want %x", changed, want)
+	}
+}
+
+func TestTrackedCaptureAfterMappingSplitAndMerged(t *testing.T) {
+	tt := startTrackTarget(t)
+	first := tt.capture(t)
+	tt.tr.SetBase("first")
+
+	// The buffer splits in two mappings, then merges back: its bounds
+	// differ from those the tracker registered each time, while its pages
+	// stay registered.
+	tt.send(t, "ro 100 10", "protected")
+	second := resolve(t, tt.capture(t), first)
+	tt.tr.SetBase("second")
+	tt.send(t, "rw 100 10", "protected")
+	tt.send(t, "w 3 200", "wrote")
+	third := resolve(t, tt.capture(t), second)
+
+	got := make([]byte, pageSize)
+	for _, c := range []struct{ page, want int }{{3, 200}, {7, 8}, {105, 106}} {
+		if err := readAt(third, tt.page(c.page), got); err != nil || got[0] != byte(c.want) {
+			t.Errorf("page %d of the third capture = %d (err %v), want %d", c.page, got[0], err, c.want)
+		}
 	}
 }

@@ -86,6 +86,9 @@ func TestAutosaveRejectsBadRequests(t *testing.T) {
 		if !strings.HasPrefix(status["result"], "failed: EINVAL: ") || !strings.Contains(status["result"], tc.reason) {
 			t.Errorf("%q: status result %q, want EINVAL saying %q", tc.request, status["result"], tc.reason)
 		}
+		if !strings.HasPrefix(status["hint"], "autosave takes") {
+			t.Errorf("%q: status hint %q, want the autosave syntax", tc.request, status["hint"])
+		}
 	}
 	if got := m.read(tg.PID, "autosave"); got != "interval: off\n" {
 		t.Errorf("autosave after rejected requests reads %q", got)

@@ -117,13 +117,17 @@ var failureHints = map[syscall.Errno]string{
 	unix.EBUSY:      "another capture or restore of this process is running; wait until it ends, then write again",
 	unix.ENOENT:     "ls this directory to see the snapshots of this process",
 	unix.EEXIST:     "choose another name, or write 1 for the next snap-N",
-	unix.EINVAL:     "capture takes 1, an empty line or a NAME of [A-Za-z0-9][A-Za-z0-9._-]{0,63}; restore takes NAME [PART...]",
+	unix.EINVAL:     "capture takes 1, an empty line or a NAME of [A-Za-z0-9][A-Za-z0-9._-]{0,63}; restore takes NAME [PART...] or latest",
 	unix.ESRCH:      "the process is gone; its snapshots stay in the store (ckptfs list PID)",
 	unix.ENOSPC:     "free space in the store, or remove old snapshots with rmdir",
 	unix.EOPNOTSUPP: "capture the process again, or restore only the parts that can come back",
 	unix.EPERM:      "only root or the process's owner may act on it, and not while another tracer holds it",
 	unix.EACCES:     "only root or the owner of the process and its snapshots may use them",
 }
+
+// autosaveHint replaces the EINVAL hint of failureHints for a write to
+// an autosave file.
+const autosaveHint = `autosave takes "INTERVAL [keep=N]", such as "30s keep=10", with an interval of 1s or more, or "off"`
 
 func newRecord(kind, request string, caller *fuse.Caller) opRecord {
 	return opRecord{Kind: kind, Request: request, CallerPID: caller.Pid, CallerUID: caller.Uid, Started: time.Now()}
@@ -147,7 +151,11 @@ func (r *opRecord) render() []byte {
 	case r.Err != nil:
 		errno := errnoOf(r.Err)
 		fmt.Fprintf(&b, "result: failed: %s: %s\n", errnoName(errno), r.Err)
-		if hint := failureHints[errno]; hint != "" {
+		hint := failureHints[errno]
+		if r.Kind == "autosave" && errno == unix.EINVAL {
+			hint = autosaveHint
+		}
+		if hint != "" {
 			fmt.Fprintf(&b, "hint: %s\n", hint)
 		}
 	default:

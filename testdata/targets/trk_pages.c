@@ -5,6 +5,8 @@
  *   w I V   fill page I with byte V; prints "wrote I"
  *   z I     drop page I (MADV_DONTNEED, reads as zeros); prints "dropped I"
  *   m       map and fill a new 4-page region with 'M'; prints "mapped ADDR"
+ *   ro I N  make pages I..I+N-1 read-only; prints "protected I"
+ *   rw I N  make pages I..I+N-1 writable again; prints "protected I"
  *   g I     prints "page I=B" with B the first byte of page I
  *   sum     prints "sum HEX", a hash of the whole buffer
  * A further 2 MiB of private memory, never changed, makes the process large
@@ -52,6 +54,12 @@ int main(void)
 		} else if (sscanf(line, "z %d", &i) == 1 && i >= 0 && i < NPAGES) {
 			madvise(buf + (size_t)i * PAGE, PAGE, MADV_DONTNEED);
 			printf("dropped %d\n", i);
+		} else if (sscanf(line, "ro %d %d", &i, &v) == 2 && i >= 0 && v > 0 && i + v <= NPAGES) {
+			mprotect(buf + (size_t)i * PAGE, (size_t)v * PAGE, PROT_READ);
+			printf("protected %d\n", i);
+		} else if (sscanf(line, "rw %d %d", &i, &v) == 2 && i >= 0 && v > 0 && i + v <= NPAGES) {
+			mprotect(buf + (size_t)i * PAGE, (size_t)v * PAGE, PROT_READ | PROT_WRITE);
+			printf("protected %d\n", i);
 		} else if (sscanf(line, "g %d", &i) == 1 && i >= 0 && i < NPAGES) {
 			printf("page %d=%d\n", i, buf[(size_t)i * PAGE]);
 		} else if (line[0] == 'm') {
