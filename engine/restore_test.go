@@ -596,8 +596,8 @@ func TestRestoreAfterExecutableReplaced(t *testing.T) {
 		t.Run(fmt.Sprint(parts), func(t *testing.T) {
 			// A private copy of the program, replaced on disk as a compiler
 			// or package manager replaces it: maps then shows it "(deleted)".
-			bin := filepath.Join(t.TempDir(), "rst_global")
-			copyFile(t, testproc.Build(t, "rst_global"), bin)
+			bin := filepath.Join(t.TempDir(), "cap_counter")
+			copyFile(t, testproc.Build(t, "cap_counter"), bin)
 			p := testproc.Start(t, bin)
 			next := func() []uint64 { return numbers(t, p.Expect("count ")) }
 

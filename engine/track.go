@@ -23,9 +23,9 @@ import (
 // an injected userfaultfd(2), takes a copy with pidfd_getfd(2), closes the
 // process's own descriptor, and registers every private writable mapping.
 // Each later operation lists the pages written since the previous one
-// with PAGEMAP_SCAN and write-protects them again. The kernel resolves
-// the write faults itself, so the process never waits for the daemon. Each
-// page it writes costs one extra minor fault per operation. When the daemon closes the Tracker, or dies, the kernel
+// with PAGEMAP_SCAN and write-protects them again. In asynchronous mode
+// the kernel resolves each write fault itself instead of queueing it for
+// the daemon. Each page written costs one extra minor fault per operation. When the daemon closes the Tracker, or dies, the kernel
 // drops the registration with the descriptor.
 //
 // Base, SetBase and Reset are safe for concurrent use. An op uses the
@@ -250,20 +250,30 @@ func (t *Tracker) tracked(r *snapshot.Region) bool {
 // follows would hide their writes from it. The ranges of t are rebuilt
 // from regions, so mappings gone since drop out.
 //
+// protected gives, by start, the regions a scan of this freeze already
+// found registered to t, with the pages it found written: only those are
+// protected again, instead of walking the whole region once more.
+//
 // Precondition: t.mu held; t started; no op but the caller's uses t.
-func (t *Tracker) protect(log *slog.Logger, regions []snapshot.Region, img *snapshot.Image) error {
+func (t *Tracker) protect(log *slog.Logger, regions []snapshot.Region, img *snapshot.Image, protected map[uint64][]span) error {
 	var ranges []trackedRange
 	for i := range regions {
 		r := &regions[i]
 		if !trackable(r) {
 			continue
 		}
-		if err := t.claim(r); err != nil {
-			log.Debug("region left untracked", "region", regionName(r), "err", err)
-			continue
+		written, known := protected[r.Start]
+		if !known {
+			if err := t.claim(r); err != nil {
+				log.Debug("region left untracked", "region", regionName(r), "err", err)
+				continue
+			}
+			written = []span{{r.Start, r.End}}
 		}
-		if err := t.protectRange(span{r.Start, r.End}); err != nil {
-			return fmt.Errorf("write-protect pages of pid %d: %w", t.id.PID, err)
+		for _, sp := range written {
+			if err := t.protectRange(sp); err != nil {
+				return fmt.Errorf("write-protect pages of pid %d: %w", t.id.PID, err)
+			}
 		}
 		ranges = append(ranges, trackedRange{start: r.Start, end: r.End, anonOnly: anonOnly(r)})
 	}

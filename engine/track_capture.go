@@ -25,7 +25,7 @@ const scanVecLen = 4096
 // has a base, it reads only the pages written since, and marks the other
 // runs Base. Without a base, or when too much was written, it makes the
 // copy-on-write clone as an untracked capture does. Either way it then
-// write-protects the memory again, so the next capture sees the writes
+// write-protects the memory again, so the next capture finds the writes
 // since this one. A failure of the tracking itself never fails
 // the capture: the tracker forgets its base and the next capture is full.
 //
@@ -46,9 +46,10 @@ func (op *Op) captureMemoryTracked(img *snapshot.Image) (cowClone, error) {
 	}
 
 	delta := false
+	var protected map[uint64][]span
 	if t.started() && t.baseImage != nil {
 		var err error
-		if delta, err = op.captureDelta(img, t); err != nil {
+		if protected, delta, err = op.captureDelta(img, t); err != nil {
 			return cowClone{}, err
 		}
 	}
@@ -63,7 +64,7 @@ func (op *Op) captureMemoryTracked(img *snapshot.Image) (cowClone, error) {
 	op.protectLate = op.protectLate && clone.valid
 	t.base, t.baseImage, t.pending = "", nil, nil
 	if t.started() && !op.protectLate {
-		if err := t.protect(op.log, img.Regions, img); err != nil {
+		if err := t.protect(op.log, img.Regions, img, protected); err != nil {
 			t.pending = nil
 			op.log.Warn("write tracking failed, the next capture is full", "err", err)
 		}
@@ -75,20 +76,22 @@ func (op *Op) captureMemoryTracked(img *snapshot.Image) (cowClone, error) {
 // Pages written since, and pages of mappings not tracked, are copied into
 // Run.Data, and the other saved pages become runs marked Base. It reports
 // false, leaving img as it was, when more than deltaLimit bytes would be
-// copied.
+// copied. It returns, by start, the tracked regions and the pages in each
+// that the scan found written, the only ones protect must protect again.
 //
 // Precondition: called on the op's locked thread; all threads stopped;
 // t.mu held; t started with a base.
-func (op *Op) captureDelta(img *snapshot.Image, t *Tracker) (bool, error) {
+func (op *Op) captureDelta(img *snapshot.Image, t *Tracker) (map[uint64][]span, bool, error) {
 	regions := slices.Clone(img.Regions)
 	bases, unmatched := matchBase(regions, t.baseImage.Regions)
 	if unmatched {
 		if err := op.addVmFlagsWhere(regions, bases); err != nil {
-			return false, err
+			return nil, false, err
 		}
 	}
 
 	vec := make([]pageRegion, scanVecLen)
+	protected := map[uint64][]span{}
 	var copied uint64
 	for i := range regions {
 		r := &regions[i]
@@ -99,21 +102,24 @@ func (op *Op) captureDelta(img *snapshot.Image, t *Tracker) (bool, error) {
 		if !r.Saved {
 			continue
 		}
-		n, err := t.scanRegion(r, bases[i], vec)
+		n, fresh, tracked, err := t.scanRegion(r, bases[i], vec)
 		if err != nil {
-			return false, fmt.Errorf("scan written pages of pid %d: %w", op.pid, err)
+			return nil, false, fmt.Errorf("scan written pages of pid %d: %w", op.pid, err)
 		}
 		if copied += n; copied > deltaLimit {
 			op.log.Debug("too many pages written for a delta capture", "limit", deltaLimit)
-			return false, nil
+			return nil, false, nil
+		}
+		if tracked {
+			protected[r.Start] = fresh
 		}
 	}
 
 	if err := op.copyWritten(regions); err != nil {
-		return false, err
+		return nil, false, err
 	}
 	img.Regions, img.Base, img.BaseCaptured = regions, t.base, t.baseImage.Captured
-	return true, nil
+	return protected, true, nil
 }
 
 // matchBase finds for each region the base region with the same bounds,
@@ -170,14 +176,15 @@ func (op *Op) addVmFlagsWhere(regions []snapshot.Region, bases []*snapshot.Regio
 // the bytes of the runs to copy now.
 //
 // When r is tracked and base (its region in the base image) was saved,
-// three kinds of runs result. Pages the base saved and nobody wrote since
-// become runs marked Base. Pages Precopy copied and nobody wrote since
+// three kinds of runs result. Pages the base saved and not written since
+// become runs marked Base. Pages Precopy copied and not written since
 // carry its bytes. Only the other written pages are looked up in the
-// pagemap, to be copied now.
+// pagemap, to be copied now. It also returns whether r is tracked and the
+// pages of r the kernel reported written, which need protecting again.
 //
 // Precondition: t started; the process frozen.
-func (t *Tracker) scanRegion(r *snapshot.Region, base *snapshot.Region, vec []pageRegion) (uint64, error) {
-	var written, precopiedSpans []span
+func (t *Tracker) scanRegion(r *snapshot.Region, base *snapshot.Region, vec []pageRegion) (uint64, []span, bool, error) {
+	var written, fresh, precopiedSpans []span
 	var precopied []snapshot.Run
 	tracked := base != nil && base.Saved && t.tracked(r)
 	if tracked {
@@ -187,10 +194,11 @@ func (t *Tracker) scanRegion(r *snapshot.Region, base *snapshot.Region, vec []pa
 		case errors.Is(err, unix.EPERM):
 			tracked = false // a new mapping where a tracked one was
 		case err != nil:
-			return 0, err
+			return 0, nil, false, err
 		case t.claim(r) != nil:
 			tracked = false // registered by another userfaultfd
 		}
+		fresh = written
 	}
 	if !tracked {
 		written = []span{{r.Start, r.End}}
@@ -212,7 +220,7 @@ func (t *Tracker) scanRegion(r *snapshot.Region, base *snapshot.Region, vec []pa
 	for _, sp := range written {
 		var err error
 		if runs, err = selectedRuns(runs, t.pagemap, r.Start, sp, anonOnly(r)); err != nil {
-			return 0, err
+			return 0, nil, false, err
 		}
 	}
 	var total uint64
@@ -224,7 +232,7 @@ func (t *Tracker) scanRegion(r *snapshot.Region, base *snapshot.Region, vec []pa
 		runs = mergeRuns(mergeRuns(runs, precopied), cleanRuns(base, changed))
 	}
 	r.Runs = slices.Clip(runs)
-	return total, nil
+	return total, fresh, tracked, nil
 }
 
 // chunkRuns returns the parts of chunks inside spans (both sorted) as runs

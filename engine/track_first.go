@@ -31,7 +31,7 @@ func (op *Op) protectAfterThaw(img *snapshot.Image, clonePID int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 
-	err := t.protect(op.log, img.Regions, img)
+	err := t.protect(op.log, img.Regions, img, nil)
 	var carried []span
 	if err == nil {
 		carried, err = changedSinceFork(t.pagemap, clonePID, t.ranges)

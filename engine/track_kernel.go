@@ -24,11 +24,7 @@ const (
 
 	pmScanWPMatching    = 1 << 0 // write-protect the pages that match
 	pmScanCheckWPAsync  = 1 << 1 // fail with EPERM on a range not registered async
-	pageIsWPAllowed     = 1 << 0
 	pageIsWritten       = 1 << 1
-	pageIsFile          = 1 << 2
-	pageIsPresent       = 1 << 3
-	pageIsSwapped       = 1 << 4
 	pmScanArgSize       = 96
 	pageRegionEntrySize = 24
 )
@@ -115,7 +111,6 @@ type scanRequest struct {
 	start, end uint64
 	flags      uint64 // pmScan*
 	mask       uint64 // a page matches when it has all of these categories
-	anyof      uint64 // and one of these, when not 0
 	ret        uint64 // categories reported in each range
 }
 
@@ -126,7 +121,7 @@ func pagemapScan(fd int, req scanRequest, vec []pageRegion, found func(pageRegio
 	for start := req.start; start < req.end; {
 		arg := pmScanArg{
 			Size: pmScanArgSize, Flags: req.flags, Start: start, End: req.end,
-			CategoryMask: req.mask, CategoryAnyofMask: req.anyof, ReturnMask: req.ret,
+			CategoryMask: req.mask, ReturnMask: req.ret,
 		}
 		if found != nil {
 			arg.Vec, arg.VecLen = uint64(uintptr(unsafe.Pointer(&vec[0]))), uint64(len(vec))

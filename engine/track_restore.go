@@ -116,7 +116,7 @@ func (op *Op) trackRestored(img *snapshot.Image, parts restoreParts) {
 		regions, err = parseMaps(raw)
 	}
 	if err == nil {
-		err = t.protect(op.log, op.withoutScratch(regions), img)
+		err = t.protect(op.log, op.withoutScratch(regions), img, nil)
 	}
 	if err != nil {
 		t.pending = nil

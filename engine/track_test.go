@@ -130,6 +130,25 @@ func readAt(img *snapshot.Image, addr uint64, p []byte) error {
 	return fmt.Errorf("%#x+%d is not inside one saved run", addr, len(p))
 }
 
+// pageFill is a page of the buffer and the byte it is filled with.
+type pageFill struct{ page, value int }
+
+// checkPages fails unless each page of want is saved in img, filled with
+// its byte.
+func (tt *trackTarget) checkPages(t *testing.T, img *snapshot.Image, want []pageFill) {
+	t.Helper()
+	got := make([]byte, pageSize)
+	for _, w := range want {
+		if err := readAt(img, tt.page(w.page), got); err != nil {
+			t.Errorf("page %d not saved: %v", w.page, err)
+			continue
+		}
+		if !bytes.Equal(got, bytes.Repeat([]byte{byte(w.value)}, pageSize)) {
+			t.Errorf("saved page %d starts with %d, want it filled with %d", w.page, got[0], w.value)
+		}
+	}
+}
+
 // bufferRuns returns the runs of the region holding the buffer, as page
 // numbers of the buffer, split into those marked Base and the others.
 func (tt *trackTarget) bufferRuns(t *testing.T, img *snapshot.Image) (base, written []int) {
@@ -326,12 +345,8 @@ func TestPrecopyThenCapture(t *testing.T) {
 		t.Errorf("pages of the buffer saved anew: %v, want [3 7 100]", written)
 	}
 	full := resolve(t, second, first)
+	tt.checkPages(t, full, []pageFill{{3, 200}, {7, 203}, {100, 202}, {8, 9}})
 	got := make([]byte, pageSize)
-	for _, c := range []struct{ page, want int }{{3, 200}, {7, 203}, {100, 202}, {8, 9}} {
-		if err := readAt(full, tt.page(c.page), got); err != nil || got[0] != byte(c.want) || got[pageSize-1] != byte(c.want) {
-			t.Errorf("saved page %d = %d (err %v), want %d", c.page, got[0], err, c.want)
-		}
-	}
 	if err := readAt(full, tt.page(50), got); err == nil {
 		t.Errorf("dropped page 50 saved")
 	}
@@ -468,11 +483,5 @@ func TestTrackedCaptureAfterMappingSplitAndMerged(t *testing.T) {
 	tt.send(t, "rw 100 10", "protected")
 	tt.send(t, "w 3 200", "wrote")
 	third := resolve(t, tt.capture(t), second)
-
-	got := make([]byte, pageSize)
-	for _, c := range []struct{ page, want int }{{3, 200}, {7, 8}, {105, 106}} {
-		if err := readAt(third, tt.page(c.page), got); err != nil || got[0] != byte(c.want) {
-			t.Errorf("page %d of the third capture = %d (err %v), want %d", c.page, got[0], err, c.want)
-		}
-	}
+	tt.checkPages(t, third, []pageFill{{3, 200}, {7, 8}, {105, 106}})
 }

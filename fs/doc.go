@@ -57,10 +57,10 @@
 // # Write tracking
 //
 // Each process captured through the mount gets an engine.Tracker, kept
-// until the process exits or the mount ends. A capture copies the pages
-// written since the last snapshot while the process runs (Precopy), then
-// captures relative to that snapshot when the store still holds it as it
-// was; a full restore makes the restored snapshot the base.
+// until the process exits or the mount ends. A capture first copies the
+// pages written since the last snapshot while the process runs (Precopy).
+// It then captures relative to that snapshot if the store still holds it
+// as it was. A full restore makes the restored snapshot the base.
 //
 // # Operations
 //

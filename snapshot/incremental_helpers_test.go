@@ -22,8 +22,8 @@ type memoryModel struct {
 type modelRegion struct{ start, end uint64 }
 
 // newModel returns a model with the given regions, filled in blocks of 8
-// pages of one kind drawn at random from kinds; "hole" leaves the pages
-// absent.
+// pages of one kind drawn at random from kinds. The kind "hole" leaves the
+// pages absent.
 func newModel(rng *rand.Rand, regions []modelRegion, kinds []string) *memoryModel {
 	m := &memoryModel{regions: regions, pages: map[uint64][]byte{}}
 	for _, r := range regions {

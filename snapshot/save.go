@@ -176,8 +176,8 @@ func (s *dirStore) commit(tmp *lockedDir, proc string, img *Image, name string, 
 // in proc: a removal while the save ran may have deleted them.
 func checkSources(proc, base string, sources []string) error {
 	// NOTE: a save whose base data was removed meanwhile fails with EINVAL
-	// instead of falling back to a full save; its caller must capture
-	// again without a base.
+	// instead of falling back to a full save. Its caller must capture again
+	// without a base.
 	for _, id := range sources {
 		_, err := os.Lstat(filepath.Join(proc, dataFileName(id)))
 		if errors.Is(err, os.ErrNotExist) {

@@ -1,10 +1,13 @@
-/* Counts in a busy loop and prints the counter every 10 ms. */
+/* Counts in a busy loop and prints the counter every 10 ms. The counter is
+ * an initialized global, so it lives in the data section: a private mapping
+ * of the executable. */
 #include <stdio.h>
 #include <time.h>
 
+volatile unsigned long counter = 1;
+
 int main(void)
 {
-	volatile unsigned long counter = 0;
 	struct timespec last, now;
 
 	clock_gettime(CLOCK_MONOTONIC, &last);

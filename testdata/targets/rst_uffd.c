@@ -1,6 +1,6 @@
-/* rst_uffd: a process with a userfaultfd of its own. It maps 64 pages,
- * fills them, registers them with a userfaultfd in missing mode (a fault on
- * an empty page would wait for a handler that never runs), prints
+/* rst_uffd: a process with a userfaultfd of its own. It maps and fills 64
+ * pages and registers them with a userfaultfd in missing mode, so a fault
+ * on an empty page would wait for a handler that never runs. It prints
  * "ready ADDR" and reads commands from stdin, one a line:
  *   z   drop page 5 (MADV_DONTNEED); prints "dropped"
  *   p   prints "pong" */
