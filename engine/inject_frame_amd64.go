@@ -86,8 +86,10 @@ type signalFrame struct {
 func buildSignalFrame(regs *unix.PtraceRegs, mask uint64, xstate []byte, restorer, below uint64) signalFrame {
 	top := min(regs.Rsp, below) - redZone
 	fpAddr := top
+	size, features := 0, uint64(0)
 	if len(xstate) > 0 {
-		fpAddr = (top - uint64(len(xstate)) - fpMagic2Size) &^ (xsaveAlign - 1)
+		size, features = frameXstate(xstate)
+		fpAddr = (top - uint64(size) - fpMagic2Size) &^ (xsaveAlign - 1)
 	}
 	addr := (fpAddr - sigframeSize) &^ (sigframeAlign - 1)
 
@@ -99,11 +101,11 @@ func buildSignalFrame(regs *unix.PtraceRegs, mask uint64, xstate []byte, restore
 	putSigcontext(b[mcontextOff:], regs)
 	le.PutUint64(b[ucSigmaskOff:], mask)
 
-	if len(xstate) > 0 {
+	if size > 0 {
 		fp := b[fpAddr-addr:]
-		copy(fp, xstate)
-		putFpxSwBytes(fp, len(xstate))
-		le.PutUint32(fp[len(xstate):], fpMagic2)
+		copy(fp, xstate[:size])
+		putFpxSwBytes(fp, size, features)
+		le.PutUint32(fp[size:], fpMagic2)
 		le.PutUint64(b[mcontextOff+scFpstate:], fpAddr)
 	}
 	return signalFrame{Addr: addr, Bytes: b}
@@ -128,22 +130,15 @@ func putSigcontext(sc []byte, r *unix.PtraceRegs) {
 	le.PutUint16(sc[scSs:], uint16(r.Ss))
 }
 
-// putFpxSwBytes turns the software bytes of an NT_X86_XSTATE buffer, where
-// ptrace stores XCR0, into the struct _fpx_sw_bytes of a signal frame. The
-// size must not exceed the kernel's XSAVE size for the thread, or
-// rt_sigreturn restores only the legacy x87 and SSE state.
-//
-// NOTE: ptrace returns the XSAVE area at the largest size the CPU
-// supports. On a CPU with AMX, a process that never asked for AMX has a
-// smaller size, so rt_sigreturn of this frame would drop its AVX state.
-// This machine has no AMX; the size for such a process is not checked.
-func putFpxSwBytes(fp []byte, size int) {
+// putFpxSwBytes writes the struct _fpx_sw_bytes of a signal frame's XSAVE
+// area fp, which holds size bytes of state for features (see
+// frameXstate), over the software bytes where ptrace stores XCR0.
+func putFpxSwBytes(fp []byte, size int, features uint64) {
 	le := binary.LittleEndian
-	xcr0 := xstateXCR0(fp)
 	clear(fp[fpxSwOff : fpxSwOff+fpxSwLen])
 	le.PutUint32(fp[fpxSwOff:], fpMagic1)
 	le.PutUint32(fp[fpxSwOff+4:], uint32(size+fpMagic2Size)) // extended_size
-	le.PutUint64(fp[fpxSwOff+8:], xcr0)                      // xfeatures
+	le.PutUint64(fp[fpxSwOff+8:], features)                  // xfeatures
 	le.PutUint32(fp[fpxSwOff+16:], uint32(size))             // xstate_size
 }
 

@@ -41,7 +41,8 @@ func TestSignalFrameLayout(t *testing.T) {
 	}
 
 	fp := le.Uint64(sc[scFpstate:])
-	if fp%xsaveAlign != 0 || fp < frame.Addr+sigframeSize || fp+uint64(len(xstate))+fpMagic2Size > end {
+	size, _ := frameXstate(xstate)
+	if fp%xsaveAlign != 0 || fp < frame.Addr+sigframeSize || fp+uint64(size)+fpMagic2Size > end {
 		t.Fatalf("fpstate at %#x is not a 64-byte aligned area inside the frame %#x-%#x", fp, frame.Addr, end)
 	}
 	area := frame.Bytes[fp-frame.Addr:]
@@ -51,10 +52,10 @@ func TestSignalFrameLayout(t *testing.T) {
 	if got := le.Uint64(area[fpxSwOff+8:]); got != 0xe7 {
 		t.Errorf("xfeatures = %#x, want XCR0 0xe7", got)
 	}
-	if got := le.Uint32(area[fpxSwOff+16:]); got != uint32(len(xstate)) {
-		t.Errorf("xstate_size = %d, want %d", got, len(xstate))
+	if got := le.Uint32(area[fpxSwOff+16:]); got != uint32(size) {
+		t.Errorf("xstate_size = %d, want %d", got, size)
 	}
-	if got := le.Uint32(area[len(xstate):]); got != fpMagic2 {
+	if got := le.Uint32(area[size:]); got != fpMagic2 {
 		t.Errorf("magic2 = %#x, want %#x", got, fpMagic2)
 	}
 }
@@ -125,4 +126,39 @@ func zombieExit(t *testing.T, pid int) (string, uint64) {
 	var code uint64
 	fmt.Sscan(fields[len(fields)-1], &code)
 	return fields[0], code
+}
+
+func TestFrameXstateLeavesOutUnusedTileData(t *testing.T) {
+	const xcr0 = 0x602e7 // x87, SSE, AVX, AVX-512, PKRU, AMX tile config and data
+	ends := xsaveEnds()
+	full := max(ends[xfeatureTileData], 11008)
+
+	for _, inUse := range []bool{false, true} {
+		xstate := make([]byte, full)
+		binary.LittleEndian.PutUint64(xstate[xcr0Offset:], xcr0)
+		bv := uint64(0x7)
+		if inUse {
+			bv |= 1 << xfeatureTileData
+		}
+		binary.LittleEndian.PutUint64(xstate[xstateBVOffset:], bv)
+
+		size, features := frameXstate(xstate)
+		if got := features&(1<<xfeatureTileData) != 0; got != inUse {
+			t.Errorf("tile data in use %v: frame claims it %v (features %#x)", inUse, got, features)
+		}
+		if features&^(1<<xfeatureTileData) != xcr0&^(1<<xfeatureTileData) {
+			t.Errorf("tile data in use %v: features %#x, want XCR0 %#x with or without tile data", inUse, features, uint64(xcr0))
+		}
+		if size > len(xstate) || size < xsaveMinSize {
+			t.Errorf("tile data in use %v: size %d outside [%d, %d]", inUse, size, xsaveMinSize, len(xstate))
+		}
+		for component := 2; component < 64; component++ {
+			if features&(1<<component) != 0 && ends[component] > size {
+				t.Errorf("tile data in use %v: size %d cuts component %d, which ends at %d", inUse, size, component, ends[component])
+			}
+		}
+		if !inUse && ends[xfeatureTileData] != 0 && size >= ends[xfeatureTileData] {
+			t.Errorf("size %d holds the unused tile data, which ends at %d", size, ends[xfeatureTileData])
+		}
+	}
 }

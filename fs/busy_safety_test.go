@@ -65,7 +65,7 @@ func probeBusy(t *testing.T, m *testMount, pid int, phase string) {
 
 func TestBusyForWholeCapture(t *testing.T) {
 	m := newMount(t)
-	tg := startMemTarget(t, 512, false)
+	tg := testproc.StartMem(t, 512, false)
 	m.mustWrite("first\n", tg.PID, "capture")
 
 	// Holding the process directory's lock keeps the next capture from
@@ -91,7 +91,7 @@ func TestBusyForWholeCapture(t *testing.T) {
 	waitUntil(t, "the capture thaws the target and saves", func() bool {
 		return tracerOf(tg.PID) == 0 && len(tmpEntries(t, m.storeDir)) > 0
 	})
-	tg.checkCounting(t, "target while its capture saves")
+	tg.CheckCounting(t, "target while its capture saves")
 	probeBusy(t, m, tg.PID, "saving")
 	if status := m.read(tg.PID, "status"); !strings.Contains(status, "(saving)") {
 		t.Errorf("status during the save does not name the phase:\n%s", status)
@@ -109,7 +109,7 @@ func TestBusyForWholeCapture(t *testing.T) {
 		t.Errorf("status after the capture: %v", status)
 	}
 	m.mustWrite("1\n", tg.PID, "capture")
-	tg.checkCounting(t, "target after the captures")
+	tg.CheckCounting(t, "target after the captures")
 }
 
 func TestOwnRequestDuringOtherCaptureIsBusy(t *testing.T) {

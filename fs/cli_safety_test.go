@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ckptfs/ckptfs/internal/testproc"
 )
 
 // cliCapture runs `ckptfs capture` of pid on storeDir and returns the
@@ -71,7 +73,7 @@ func TestMountAndCLIShareStore(t *testing.T) {
 	m := newMount(t)
 
 	t.Run("one process, saves overlapping", func(t *testing.T) {
-		tg := startMemTarget(t, 256, false)
+		tg := testproc.StartMem(t, 256, false)
 		w := watchPhases(tg.PID)
 		done := make(chan error, 1)
 		go func() { done <- m.write("1\n", tg.PID, "capture") }()
@@ -90,7 +92,7 @@ func TestMountAndCLIShareStore(t *testing.T) {
 			t.Fatalf("CLI and mount both named their snapshot %s", cliName)
 		}
 		checkListedEverywhere(t, m, bin, tg.PID, []string{"snap-1", "snap-2"})
-		tg.checkCounting(t, "target after both captures")
+		tg.CheckCounting(t, "target after both captures")
 	})
 
 	t.Run("two processes at once", func(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/internal/testproc"
 )
 
 // smallStore returns a store directory on a tmpfs of sizeMiB that the test
@@ -29,13 +31,13 @@ func smallStore(t *testing.T, sizeMiB int) string {
 
 func TestStoreFullGivesENOSPC(t *testing.T) {
 	m := mountStore(t, smallStore(t, 6))
-	tg := startMemTarget(t, 64, true)
+	tg := testproc.StartMem(t, 64, true)
 
 	err := m.writeOrAbort("1\n", tg.PID, "capture")
 	wantErrno(t, "capture into a full store", err, unix.ENOSPC)
 	wantRefusal(t, m, tg.PID, unix.ENOSPC, "no space left on device")
 
-	tg.checkCounting(t, "target after the failed capture")
+	tg.CheckCounting(t, "target after the failed capture")
 	if state, tracer := waitRunning(tg.PID, 0); state == "T" || state == "t" || tracer != 0 {
 		t.Errorf("target after the failed capture: state %s tracer %d", state, tracer)
 	}
@@ -61,7 +63,7 @@ func TestStoreFullGivesENOSPC(t *testing.T) {
 
 func TestTargetExitsDuringCapture(t *testing.T) {
 	m := newMount(t)
-	tg := startMemTarget(t, 512, false)
+	tg := testproc.StartMem(t, 512, false)
 	id := identify(t, tg.PID)
 
 	done := make(chan error, 1)

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"bufio"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -173,93 +172,6 @@ func (st *safeTarget) counter(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return n
-}
-
-// memTarget is a running safe_mem: a large touched mapping and a counter
-// that goes up about once per millisecond.
-type memTarget struct {
-	*testproc.Proc
-	stdin io.WriteCloser
-	addr  uint64 // start of the mapping
-	size  uint64
-}
-
-// startMemTarget starts safe_mem with mib MiB, filled with random bytes
-// when random is set, and waits until every page is written.
-func startMemTarget(t *testing.T, mib int, random bool) *memTarget {
-	t.Helper()
-	args := []string{strconv.Itoa(mib)}
-	if random {
-		args = append(args, "random")
-	}
-	cmd := exec.Command(testproc.Build(t, "safe_mem"), args...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := testproc.StartCmd(t, cmd)
-	t.Cleanup(func() { stdin.Close() })
-	addr := parseHex(t, p.Expect("mem "))
-	p.Expect("ready")
-	return &memTarget{Proc: p, stdin: stdin, addr: addr, size: uint64(mib) << 20}
-}
-
-// seeds reads the target's mapping through /proc/PID/mem and counts its
-// pages by pattern seed: page k holds seed + k in every word. A mapping
-// written whole by one fill has one seed.
-func (mt *memTarget) seeds(t *testing.T) map[uint64]int {
-	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", mt.PID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-
-	counts := map[uint64]int{}
-	buf := make([]byte, 1<<20)
-	for off := uint64(0); off < mt.size; off += uint64(len(buf)) {
-		if _, err := f.ReadAt(buf, int64(mt.addr+off)); err != nil {
-			t.Fatalf("read memory of pid %d at %#x: %v", mt.PID, mt.addr+off, err)
-		}
-		for page := 0; page < len(buf); page += 4096 {
-			word := binary.LittleEndian.Uint64(buf[page:])
-			counts[word-(off+uint64(page))/4096]++
-		}
-	}
-	return counts
-}
-
-func (mt *memTarget) counter(t *testing.T) int {
-	t.Helper()
-	if _, err := io.WriteString(mt.stdin, "g"); err != nil {
-		t.Fatalf("send g to pid %d: %v", mt.PID, err)
-	}
-	n, err := strconv.Atoi(mt.Expect("counter "))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// touch makes the target write every page again with a new pattern.
-func (mt *memTarget) touch(t *testing.T) {
-	t.Helper()
-	if _, err := io.WriteString(mt.stdin, "t"); err != nil {
-		t.Fatalf("send t to pid %d: %v", mt.PID, err)
-	}
-	mt.Expect("touched")
-}
-
-// checkCounting fails unless the target answers and its counter goes up.
-func (mt *memTarget) checkCounting(t *testing.T, what string) int {
-	t.Helper()
-	first := mt.counter(t)
-	time.Sleep(20 * time.Millisecond)
-	second := mt.counter(t)
-	if second <= first {
-		t.Errorf("%s: counter stays at %d, want the target counting", what, first)
-	}
-	return second
 }
 
 // tracerOf returns the TracerPid of pid, or -1 once it is gone.

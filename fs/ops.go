@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/engine"
+	"github.com/ckptfs/ckptfs/engine/worker"
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
@@ -154,7 +155,7 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 		return m.failed(ps, rec, id, err)
 	}
 
-	op, snap, parts, self, err := m.beginRestore(caller, id, request, ps)
+	run, snap, parts, self, err := m.beginRestore(caller, id, request, ps)
 	if err != nil {
 		return m.failed(ps, rec, id, err)
 	}
@@ -163,16 +164,17 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 	ps.record(rec)
 
 	if self {
-		go m.finishRestore(op, snap, parts, ps, rec, id)
+		go m.finishRestore(run, snap, parts, ps, rec, id)
 		return nil
 	}
-	return m.finishRestore(op, snap, parts, ps, rec, id)
+	return m.finishRestore(run, snap, parts, ps, rec, id)
 }
 
 // beginRestore checks a restore request, acquires the process, loads the
-// snapshot and freezes the process. On success the caller owns the
-// process (ps.acquire), the op and the snapshot.
-func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, request string, ps *procState) (*engine.Op, *snapshot.Snapshot, []string, bool, error) {
+// snapshot and starts the worker that restores it, which freezes the
+// process. On success the caller owns the process (ps.acquire), the
+// worker and the snapshot.
+func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, request string, ps *procState) (*worker.Restore, *snapshot.Snapshot, []string, bool, error) {
 	name, parts, err := parseRestoreRequest(request)
 	if err != nil {
 		return nil, nil, nil, false, err
@@ -201,13 +203,23 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 		return nil, nil, nil, false, err
 	}
 
-	op, err := m.begin(id)
+	run, err := worker.Start(worker.Job{
+		Process:  id,
+		Store:    m.store.URL(),
+		Snapshot: name,
+		Captured: snap.Info.Captured,
+		Parts:    parts,
+		Tracker:  m.trackerFor(ps, id),
+		Image:    snap.Image,
+		Log:      m.log,
+	})
 	if err != nil {
 		m.closeSnapshot(snap)
 		ps.release()
-		return nil, nil, nil, false, err
+		return nil, nil, nil, false, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
 	}
-	return op, snap, parts, self, nil
+	ps.markFrozen()
+	return run, snap, parts, self, nil
 }
 
 // loadRestorable loads snapshot name of process id and checks that the
@@ -231,17 +243,15 @@ func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name
 	return snap, nil
 }
 
-// finishRestore waits for the freeze, rolls the process back and thaws it.
-// It releases the process and the snapshot and records the outcome.
-func (m *mountState) finishRestore(op *engine.Op, snap *snapshot.Snapshot, parts []string, ps *procState, rec opRecord, id snapshot.ProcessID) error {
+// finishRestore waits for the worker to roll the process back and thaw
+// it. It releases the process and the snapshot and records the outcome.
+func (m *mountState) finishRestore(run *worker.Restore, snap *snapshot.Snapshot, parts []string, ps *procState, rec opRecord, id snapshot.ProcessID) error {
 	defer ps.release()
 	defer m.closeSnapshot(snap)
 
-	tracker := m.track(op, ps, id)
-	report, err := op.Restore(snap.Image, snap, parts)
-	op.Close()
-	if err == nil && tracker != nil {
-		tracker.SetBase(snap.Info.Name)
+	report, err := run.Wait()
+	if err == nil {
+		ps.writeTracker(id).SetBase(snap.Info.Name)
 	}
 	if err != nil {
 		return m.failed(ps, rec, id, m.explain(id, "restore", err))

@@ -38,14 +38,22 @@ func (p *procState) closeTracker() error {
 // is forgotten first, so the capture is full. Tracking is an optimization:
 // when it cannot be attached, the op runs without it.
 func (m *mountState) track(op *engine.Op, ps *procState, id snapshot.ProcessID) *engine.Tracker {
+	t := m.trackerFor(ps, id)
+	if err := op.Track(t); err != nil {
+		m.log.Debug("write tracking not attached", "pid", id.PID, "err", err)
+		return nil
+	}
+	return t
+}
+
+// trackerFor returns the write tracker of process id after
+// forgetting a base snapshot that the store no longer holds as it was
+// (removed, or its name reused).
+func (m *mountState) trackerFor(ps *procState, id snapshot.ProcessID) *engine.Tracker {
 	t := ps.writeTracker(id)
 	if name, captured := t.Base(); name != "" && !m.holds(id, name, captured) {
 		m.log.Debug("base snapshot gone, the next capture is full", "pid", id.PID, "snapshot", name)
 		t.Reset()
-	}
-	if err := op.Track(t); err != nil {
-		m.log.Debug("write tracking not attached", "pid", id.PID, "err", err)
-		return nil
 	}
 	return t
 }

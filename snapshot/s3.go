@@ -109,7 +109,7 @@ func OpenURL(rawURL string, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{backend: b, log: log}, nil
+	return &Store{backend: b, log: log, url: rawURL}, nil
 }
 
 // s3ConfigFromEnv reads the server and credentials from the environment.

@@ -25,6 +25,7 @@ type Store struct {
 	// arguments and sort what it returns.
 	backend backend
 	log     *slog.Logger
+	url     string // the path or URL for OpenURL to open this store again
 
 	// dirStore is the backend of a store in a local directory, nil for a
 	// remote one. It is embedded so that the directory's own operations
@@ -82,7 +83,7 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 	if err := d.sweep(); err != nil {
 		return nil, err
 	}
-	return &Store{backend: d, log: log, dirStore: d}, nil
+	return &Store{backend: d, log: log, url: abs, dirStore: d}, nil
 }
 
 // makePrivate gives the store directory at path mode 0700 when it is empty
@@ -123,6 +124,11 @@ func checkOwner(path string, info os.FileInfo) error {
 // store its URL down to the prefix of this host, such as
 // s3://bucket/prefix/host1.
 func (s *Store) Dir() string { return s.backend.location() }
+
+// URL returns the path or URL from which OpenURL opens this store again,
+// in another process with the same environment: the absolute path of a
+// local store, or the s3:// URL it was opened with.
+func (s *Store) URL() string { return s.url }
 
 func (s *dirStore) location() string { return s.dir }
 

@@ -16,6 +16,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/ckptfs/ckptfs/engine/worker"
 )
 
 // Exit statuses of the command.
@@ -29,6 +31,7 @@ const (
 var version = "dev"
 
 func main() {
+	worker.Main()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/engine"
+	"github.com/ckptfs/ckptfs/engine/worker"
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
@@ -65,9 +67,15 @@ func (a *app) restore(pid int, name string, parts []string) error {
 	if len(parts) == 0 {
 		parts = nil
 	}
-	src := &countingReader{src: snap}
-	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name), runBytes(snap.Image), src.Done)
-	report, err := a.rollBack(t, snap, src, parts)
+	var run atomic.Pointer[worker.Restore]
+	read := func() int64 {
+		if r := run.Load(); r != nil {
+			return r.Read()
+		}
+		return 0
+	}
+	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name), runBytes(snap.Image), read)
+	report, err := a.rollBack(t, store, snap, parts, &run)
 	stop()
 	if err != nil {
 		return err
@@ -79,27 +87,39 @@ func (a *app) restore(pid int, name string, parts []string) error {
 	return nil
 }
 
-// rollBack freezes process t.pid and restores the parts of snap, reading its
-// memory through mem. It calls
-// engine.Begin and Op.Restore itself rather than engine.Restore because
-// Begin's errors lack the operation, and Op.Restore's name the process but
-// not the snapshot.
-func (a *app) rollBack(t target, snap *snapshot.Snapshot, mem snapshot.MemoryReader, parts []string) (*engine.RestoreReport, error) {
-	op, err := engine.Begin(t.pid, a.log)
+// rollBack restores the parts of snap onto process t.pid in a restore
+// worker, which completes or undoes the restore even when this command is
+// interrupted or killed, and stores the worker in run for the progress
+// bar.
+func (a *app) rollBack(t target, store *snapshot.Store, snap *snapshot.Snapshot, parts []string, run *atomic.Pointer[worker.Restore]) (*engine.RestoreReport, error) {
+	r, err := worker.Start(worker.Job{
+		Process:  snap.Image.Process,
+		Store:    store.URL(),
+		Snapshot: snap.Info.Name,
+		Captured: snap.Info.Captured,
+		Parts:    parts,
+		Log:      a.log,
+	})
 	if err != nil {
 		return nil, t.wrap(err)
 	}
-	defer op.Close()
+	run.Store(r)
 
-	report, err := op.Restore(snap.Image, mem, parts)
+	report, err := r.Wait()
 	if err != nil {
-		f := t.fail(fmt.Errorf("snapshot %q: %w", t.snapshot, err))
-		if errors.Is(err, unix.EOPNOTSUPP) {
-			f.hint = refusalHint(t.pid, snap.Image, parts)
-		}
-		return nil, f
+		return nil, a.restoreFailure(t, snap, parts, err)
 	}
 	return report, nil
+}
+
+// restoreFailure returns the failure of a restore of snap, with a hint
+// when the restore was rejected as not supported.
+func (a *app) restoreFailure(t target, snap *snapshot.Snapshot, parts []string, err error) error {
+	f := t.fail(fmt.Errorf("snapshot %q: %w", t.snapshot, err))
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		f.hint = refusalHint(t.pid, snap.Image, parts)
+	}
+	return f
 }
 
 // describeParts returns the parts of a restore for the log: "all" for a full

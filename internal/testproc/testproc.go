@@ -6,12 +6,14 @@ package testproc
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -191,4 +193,32 @@ func (p *Proc) Kill() {
 	case <-time.After(10 * time.Second):
 		p.t.Errorf("pid %d did not exit after SIGKILL", p.PID)
 	}
+}
+
+// Children returns the children of every thread of process pid: a child
+// belongs to the thread that forked it, or that adopted it as a
+// subreaper.
+func Children(pid int) ([]int, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, err
+	}
+	var children []int
+	for _, task := range tasks {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the thread exited
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, field := range strings.Fields(string(raw)) {
+			child, err := strconv.Atoi(field)
+			if err != nil {
+				return nil, fmt.Errorf("parse children of pid %d: %w", pid, err)
+			}
+			children = append(children, child)
+		}
+	}
+	return children, nil
 }

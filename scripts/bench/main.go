@@ -39,6 +39,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ckptfs/ckptfs/engine/worker"
 )
 
 type options struct {
@@ -52,6 +54,7 @@ type options struct {
 }
 
 func main() {
+	worker.Main()
 	opts, err := parseFlags()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/engine"
+	"github.com/ckptfs/ckptfs/engine/worker"
 	"github.com/ckptfs/ckptfs/fs"
 	"github.com/ckptfs/ckptfs/snapshot"
 )
@@ -150,11 +151,14 @@ func (b *bench) measureRollback(st *snapshot.Store, tgt *memTarget, x *row, snap
 	progress("%s: restore %v (load + restore %v)", x.metric, elapsed, wall.Round(time.Microsecond))
 }
 
-// loadRestore loads info's snapshot and restores it into pid in full. It
-// returns the time of the restore alone, and the caller times both. With a
-// tracker, a rollback to its base compares only the pages written since,
-// and the snapshot becomes the base again.
+// loadRestore loads info's snapshot and restores it into pid in full, in a
+// restore worker as the mount does. It returns the time of the restore
+// alone, and the caller times both. With a tracker, a rollback to its base
+// compares only the pages written since, and the snapshot becomes the base
+// again.
 func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info, tr *engine.Tracker) (time.Duration, error) {
+	// The mount loads the snapshot to check the caller's access before it
+	// starts the worker, which loads it again.
 	snap, err := st.Load(info.Process, info.Name)
 	if err != nil {
 		return 0, fmt.Errorf("load snapshot %s of pid %d: %w", info.Name, pid, err)
@@ -162,17 +166,19 @@ func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info, tr
 	defer snap.Close()
 
 	start := time.Now()
-	op, err := engine.Begin(pid, b.log)
+	r, err := worker.Start(worker.Job{
+		Process:  info.Process,
+		Store:    st.URL(),
+		Snapshot: info.Name,
+		Captured: info.Captured,
+		Tracker:  tr,
+		Image:    snap.Image,
+		Log:      b.log,
+	})
 	if err != nil {
 		return 0, fmt.Errorf("restore pid %d to %s: %w", pid, info.Name, err)
 	}
-	defer op.Close()
-	if tr != nil {
-		if err := op.Track(tr); err != nil {
-			return 0, err
-		}
-	}
-	report, err := op.Restore(snap.Image, snap, nil)
+	report, err := r.Wait()
 	if err != nil {
 		return 0, fmt.Errorf("restore pid %d to %s: %w", pid, info.Name, err)
 	}

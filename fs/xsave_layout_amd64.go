@@ -1,9 +1,10 @@
 package fs
 
-import "sync"
+import (
+	"sync"
 
-// cpuid executes the CPUID instruction.
-func cpuid(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32)
+	"github.com/ckptfs/ckptfs/internal/cpuid"
+)
 
 // hostXsaveLayout returns where this CPU puts each XSAVE component in the
 // standard (non-compacted) format: CPUID leaf 0xD, subleaf N, reports the
@@ -12,14 +13,14 @@ func cpuid(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32)
 // byte 832, Intel ones at byte 1088.
 var hostXsaveLayout = sync.OnceValue(func() xsaveLayout {
 	var layout xsaveLayout
-	if maxLeaf, _, _, _ := cpuid(0, 0); maxLeaf < 0xd {
+	if maxLeaf, _, _, _ := cpuid.CPUID(0, 0); maxLeaf < 0xd {
 		return layout
 	}
 	for component := range layout.offset {
 		if component < 2 {
 			continue // x87 and SSE live in the legacy area
 		}
-		size, offset, _, _ := cpuid(0xd, uint32(component))
+		size, offset, _, _ := cpuid.CPUID(0xd, uint32(component))
 		if size != 0 {
 			layout.offset[component] = int(offset)
 		}
