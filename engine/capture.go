@@ -74,6 +74,7 @@ func (op *Op) capture(mapsStep, memoryStep func(*snapshot.Image) error) (*snapsh
 		op.captureBrk,
 		op.captureAltStacks,
 		func(img *snapshot.Image) error { return op.captureSignals(img, st) },
+		op.captureQueues,
 	}
 	for _, step := range steps {
 		if err := step(img); err != nil {

@@ -92,3 +92,30 @@ func ptraceGetEventMsg(tid int) (uint64, error) {
 	_, err := ptracePtr(unix.PTRACE_GETEVENTMSG, tid, 0, unsafe.Pointer(&msg))
 	return msg, err
 }
+
+// ptracePeekSiginfo copies up to len(buf)/siginfoSize queued siginfo
+// structures of tid, starting at entry off of its private queue, or of the
+// queue of its process with PTRACE_PEEKSIGINFO_SHARED in flags, and returns
+// how many it copied.
+//
+// Precondition: called on the op's locked thread; tid is in a ptrace stop.
+func ptracePeekSiginfo(tid int, off uint64, flags uint32, buf []byte) (int, error) {
+	args := struct {
+		off   uint64
+		flags uint32
+		nr    int32
+	}{off, flags, int32(len(buf) / siginfoSize)}
+	for {
+		// Both pointers are converted in the call itself, so that they
+		// stay valid for the system call.
+		n, _, errno := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_PEEKSIGINFO, uintptr(tid),
+			uintptr(unsafe.Pointer(&args)), uintptr(unsafe.Pointer(&buf[0])), 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}

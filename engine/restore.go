@@ -102,6 +102,7 @@ type restorer struct {
 	curBrk     uint64
 	threads    []threadState // in the order of op.threads
 	actions    [64]snapshot.SigAction
+	queues     queueState // read when the signals part restores them
 
 	// resume holds the registers each thread resumes with, by tid.
 	resume map[int]unix.PtraceRegs
@@ -268,9 +269,16 @@ func leftAlone(img *snapshot.Image) []string {
 			out = append(out, "mapping "+name+": contents not saved ("+reg.SkipReason+")")
 		}
 	}
-	// NOTE: pending signals, interval timers and POSIX timers are not
-	// captured, so restore leaves them as they are.
-	return append(out, "pending signals and timers: not rolled back by this version")
+	if !img.Signals.QueuesSaved {
+		out = append(out, "pending signals and timers: not saved in this snapshot, which an earlier version took")
+	}
+	return out
+}
+
+// restoresQueues reports whether the restore sets the pending signals and
+// timers: the signals part does, when the snapshot holds them.
+func (r *restorer) restoresQueues() bool {
+	return r.parts.signals && r.img.Signals.QueuesSaved
 }
 
 // prepare maps the scratch page out of the way and reads the safety copy:
@@ -298,6 +306,14 @@ func (r *restorer) prepare() error {
 	}
 	if r.parts.signals {
 		if r.actions, err = op.readActions(); err != nil {
+			return err
+		}
+	}
+	if r.restoresQueues() {
+		if r.queues, err = op.readQueues(); err != nil {
+			return err
+		}
+		if err := r.checkTimerIDs(); err != nil {
 			return err
 		}
 	}
@@ -329,6 +345,7 @@ func (r *restorer) apply() error {
 		{"descriptors", r.applyFDs, r.parts.fds},
 		{"signal actions", r.applyActions, r.parts.signals},
 		{"signal stacks", r.applyAltStacks, r.parts.signals},
+		{"pending signals and timers", r.applyQueues, r.restoresQueues()},
 		{"memory contents", r.applyContents, true},
 		{"rseq registrations", r.registerSnapshotRseq, r.parts.layout || r.parts.registers},
 		{"threads", r.applyThreads, r.parts.registers || r.parts.signals},

@@ -20,7 +20,7 @@ type restoreParts struct {
 	stacks    bool   // contents of the mappings that hold a thread's stack
 	registers bool   // general registers and xstate of every thread
 	fds       bool   // descriptor table and offsets
-	signals   bool   // signal actions, and each thread's mask and alternate stack
+	signals   bool   // signal actions, pending signals and timers, and each thread's mask and alternate stack
 	regions   []span // contents of these ranges, named one by one
 }
 
@@ -179,7 +179,7 @@ func (p restoreParts) leftOut() []string {
 		{p.stacks, "thread stacks"},
 		{p.registers, "registers and xstate"},
 		{p.fds, "descriptors"},
-		{p.signals, "signal actions, masks and alternate stacks"},
+		{p.signals, "signal actions, masks, alternate stacks, pending signals and timers"},
 	}
 	if len(p.regions) > 0 {
 		parts[1].what = "memory contents outside the named regions"

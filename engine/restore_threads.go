@@ -17,6 +17,17 @@ const (
 	scratchPath      = 128 // NUL-terminated path, to the end of the page
 )
 
+// Offsets in the scratch page of the arguments of the signal queue and
+// timer calls. They overlap the path, which no call of theirs uses.
+const (
+	scratchTimer    = 128 // struct itimerval or itimerspec, 32 bytes
+	scratchSigevent = 160 // struct sigevent, 64 bytes
+	scratchTimerID  = 224 // timer_t (int), 4 bytes
+	scratchSigset   = 232 // sigset_t, 8 bytes
+	scratchTimeout  = 240 // struct timespec, 16 bytes
+	scratchSiginfo  = 256 // siginfo_t, 128 bytes
+)
+
 // ssOnStack is SS_ONSTACK, which sigaltstack reports while the thread runs
 // on its alternate stack but rejects when set.
 const ssOnStack = 1

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,7 +37,24 @@ func renderInfo(info snapshot.Info, img *snapshot.Image) []byte {
 		fmt.Fprintf(&b, "job_stopped: %t\n", img.JobStopped)
 		fmt.Fprintf(&b, "xcr0: %#x\n", img.XCR0)
 	}
+	if img != nil && img.Signals.QueuesSaved {
+		fmt.Fprintf(&b, "pending_signals: %s\n", pendingSignals(img.Signals.Pending))
+		fmt.Fprintf(&b, "timers: %d\n", len(img.Signals.Timers))
+	}
 	return []byte(b.String())
+}
+
+// pendingSignals lists the numbers of the queued signals, in queue order
+// and with repeats, or "none".
+func pendingSignals(pending []snapshot.PendingSignal) string {
+	if len(pending) == 0 {
+		return "none"
+	}
+	nums := make([]string, len(pending))
+	for i := range pending {
+		nums[i] = strconv.Itoa(pending[i].Signo())
+	}
+	return strings.Join(nums, " ")
 }
 
 // renderRegs formats general registers as "name 0xHEX" lines, named and

@@ -199,6 +199,31 @@ func TestRenderInfo(t *testing.T) {
 	}
 }
 
+func TestRenderInfoSignalQueues(t *testing.T) {
+	siginfo := func(signo byte) []byte {
+		info := make([]byte, snapshot.SiginfoSize)
+		info[0] = signo
+		return info
+	}
+	img := &snapshot.Image{Signals: snapshot.Signals{
+		QueuesSaved: true,
+		Pending:     []snapshot.PendingSignal{{TID: 7, Info: siginfo(12)}, {Info: siginfo(35)}, {Info: siginfo(35)}},
+		Timers:      []snapshot.PosixTimer{{ID: 0}, {ID: 3}},
+	}}
+	m := lines(t, renderInfo(snapshot.Info{}, img), ": ")
+	if m["pending_signals"] != "12 35 35" {
+		t.Errorf("pending_signals: %q, want %q", m["pending_signals"], "12 35 35")
+	}
+	if m["timers"] != "2" {
+		t.Errorf("timers: %q, want 2", m["timers"])
+	}
+
+	empty := lines(t, renderInfo(snapshot.Info{}, &snapshot.Image{Signals: snapshot.Signals{QueuesSaved: true}}), ": ")
+	if empty["pending_signals"] != "none" {
+		t.Errorf("pending_signals without signals: %q, want none", empty["pending_signals"])
+	}
+}
+
 func TestRegionName(t *testing.T) {
 	r := snapshot.Region{Start: 0x400000, End: 0x401000}
 	if got := regionName(&r); got != "00400000-00401000" {

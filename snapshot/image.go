@@ -23,6 +23,13 @@ func checkImage(img *Image, data bool) error {
 			return fmt.Errorf("region %d (%x-%x): %w", i, img.Regions[i].Start, img.Regions[i].End, err)
 		}
 	}
+	for i := range img.Signals.Pending {
+		p := &img.Signals.Pending[i]
+		if len(p.Info) != SiginfoSize || p.Signo() < 1 || p.Signo() > 64 {
+			return fmt.Errorf("pending signal %d has %d bytes of siginfo for signal %d, want %d bytes for a signal in 1..64",
+				i, len(p.Info), p.Signo(), SiginfoSize)
+		}
+	}
 	return nil
 }
 

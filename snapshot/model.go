@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"encoding/binary"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -196,6 +197,64 @@ type Signals struct {
 	// Actions holds the sigaction of signals 1..64 at index signal-1, in
 	// the kernel's struct layout (handler, flags, restorer, mask).
 	Actions [64]SigAction `json:"actions"`
+
+	// QueuesSaved is set when Pending, ITimers and Timers were captured.
+	// Snapshots of earlier versions lack them, and a restore leaves the
+	// pending signals and timers of the process as they are.
+	QueuesSaved bool `json:"queues_saved,omitempty"`
+
+	// Pending lists the queued signals in the order of their queues: those
+	// of each thread, then those of the process as a whole.
+	Pending []PendingSignal `json:"pending,omitempty"`
+
+	// ITimers holds the interval timers ITIMER_REAL, ITIMER_VIRTUAL and
+	// ITIMER_PROF, in that order.
+	ITimers [3]TimerValue `json:"itimers"`
+
+	// Timers lists the POSIX timers (timer_create) by ID.
+	Timers []PosixTimer `json:"timers,omitempty"`
+}
+
+// PendingSignal is one queued signal.
+type PendingSignal struct {
+	// TID is the thread whose private queue holds the signal, 0 for the
+	// queue of the process.
+	TID int `json:"tid"`
+	// Info is the siginfo_t, SiginfoSize bytes.
+	Info []byte `json:"info"`
+}
+
+// SiginfoSize is the size of the kernel's siginfo_t.
+const SiginfoSize = 128
+
+// Signo returns the signal number of a pending signal.
+func (p *PendingSignal) Signo() int {
+	if len(p.Info) < 4 {
+		return 0
+	}
+	return int(int32(binary.LittleEndian.Uint32(p.Info)))
+}
+
+// TimerValue is the state of a timer: the time until it next expires
+// (zero when disarmed) and its period (zero for a one-shot timer).
+type TimerValue struct {
+	Value    time.Duration `json:"value"`
+	Interval time.Duration `json:"interval"`
+}
+
+// PosixTimer is one POSIX timer, as /proc/PID/timers and timer_gettime(2)
+// describe it.
+type PosixTimer struct {
+	ID    int32 `json:"id"`
+	Clock int32 `json:"clock"`
+	// Notify is sigev_notify: SIGEV_SIGNAL, SIGEV_NONE, or SIGEV_THREAD_ID
+	// with TID the thread to signal.
+	Notify int32 `json:"notify"`
+	TID    int   `json:"tid,omitempty"`
+	Signal int32 `json:"signal"`
+	// SigValue is sigev_value, which the timer's signals carry in si_value.
+	SigValue uint64     `json:"sigvalue"`
+	State    TimerValue `json:"state"`
 }
 
 // SigAction is the kernel's struct sigaction for x86-64.

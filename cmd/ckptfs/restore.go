@@ -26,7 +26,7 @@ func (a *app) restoreCommand() *cobra.Command {
 			"  layout    the set of mappings, protections and brk\n" +
 			"  threads   registers, xstate and stack of every thread\n" +
 			"  fds       descriptor table and offsets\n" +
-			"  signals   handlers, mask, altstack\n" +
+			"  signals   handlers, mask, altstack, pending signals and timers\n" +
 			"  START-END or a mapping name from maps ([heap], [stack], a file path):\n" +
 			"            the contents of that one region\n" +
 			"Shared memory, file contents and other processes are left as they are; the\n" +
