@@ -141,8 +141,8 @@ func (r *restorer) applyPending() error {
 
 // replacePending empties every signal queue of the process, with injected
 // rt_sigtimedwait calls that return at once, and queues the signals of
-// list again: those of the process with rt_sigqueueinfo run by the main
-// thread, those of one thread with rt_tgsigqueueinfo run by that thread.
+// list again. The main thread queues those of the process with
+// rt_sigqueueinfo, and each thread its own with rt_tgsigqueueinfo.
 // The kernel lets a thread queue any siginfo to itself, and every signal
 // stays pending while the injection blocks them all. SIGKILL and SIGSTOP
 // cannot be queued this way and are left out.

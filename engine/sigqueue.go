@@ -23,7 +23,7 @@ const peekBatch = 32
 const (
 	sigevSignal   = 0 // the timer signals the process
 	sigevNone     = 1 // the timer signals nothing
-	sigevThread   = 2 // glibc runs a function; the kernel never sees it
+	sigevThread   = 2 // glibc runs a function (the kernel gets SIGEV_THREAD_ID)
 	sigevThreadID = 4 // the timer signals one thread
 )
 

@@ -143,3 +143,24 @@ func saveAndRemove(b *testing.B, s *Store, img *Image) {
 	}
 	b.StartTimer()
 }
+
+// BenchmarkLoad measures opening a snapshot of 256 MiB: its manifest,
+// image, maps and index, with the checks Load makes.
+func BenchmarkLoad(b *testing.B) {
+	s, _ := openTestStore(b)
+	img := benchImage(b)
+	if _, err := s.Save(img, "bench"); err != nil {
+		b.Fatalf("Save: %v", err)
+	}
+	b.ResetTimer()
+
+	for b.Loop() {
+		snap, err := s.Load(img.Process, "bench")
+		if err != nil {
+			b.Fatalf("Load: %v", err)
+		}
+		if err := snap.Close(); err != nil {
+			b.Fatalf("Close: %v", err)
+		}
+	}
+}
