@@ -18,6 +18,9 @@ const (
 	workerRestore = "restore"
 )
 
+// workerComm is the command name of a worker process (at most 15 bytes).
+const workerComm = "ckptfs-restore"
+
 // The descriptors a worker gets from its parent, in the order of
 // exec.Cmd.ExtraFiles: the request, events back, log records back and,
 // when tracking is lent, the userfaultfd.

@@ -29,6 +29,11 @@ func Main() {
 	os.Unsetenv(envWorker)
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 
+	// Run from /proc/self/exe, the worker would be called "exe" in ps and
+	// in the messages that name a process's tracer. Writing the comm of
+	// the process renames its main thread, whichever thread writes.
+	_ = os.WriteFile("/proc/self/comm", []byte(workerComm), 0)
+
 	events := &eventWriter{enc: json.NewEncoder(os.NewFile(fdEvents, "events"))}
 	log := slog.New(slog.NewJSONHandler(os.NewFile(fdLog, "log"), &slog.HandlerOptions{Level: &levelVar}))
 

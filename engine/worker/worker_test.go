@@ -230,6 +230,9 @@ func TestRestoreSurvivesParentKill(t *testing.T) {
 	if worker == 0 {
 		t.Fatalf("no orphaned worker among children %v; the restore ended before the kill", orphans)
 	}
+	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", worker)); err != nil || string(comm) != workerComm+"\n" {
+		t.Errorf("worker %d is called %q (%v), want %q", worker, comm, err, workerComm)
+	}
 	var status unix.WaitStatus
 	if _, err := unix.Wait4(worker, &status, 0, nil); err != nil || !status.Exited() || status.ExitStatus() != 0 {
 		t.Fatalf("worker %d: wait %v, status %v", worker, err, status)
