@@ -132,7 +132,9 @@ func injectUntil(pid int, phase string, sleeping bool) error {
 
 // beginInState freezes pid, thawing and freezing again until its main
 // thread is stopped with a restart of its system call pending (sleeping)
-// or without one.
+// or without one. A thread stopped inside restart_syscall counts as
+// neither: its rescue frame makes the call return EINTR (see rescueRegs),
+// which the target would report.
 func beginInState(pid int, sleeping bool) (*Op, error) {
 	for range 10000 {
 		op, err := Begin(pid, nil)
@@ -151,7 +153,7 @@ func beginInState(pid int, sleeping bool) (*Op, error) {
 			op.Close()
 			return nil, err
 		}
-		if restartPending(&regs) == sleeping {
+		if restartPending(&regs) == sleeping && !inRestartSyscall(&regs) {
 			return op, nil
 		}
 		op.Close()

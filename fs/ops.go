@@ -159,7 +159,7 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 	if err != nil {
 		return m.failed(ps, rec, id, err)
 	}
-	rec.Snapshot = snap.Info.Name
+	rec.Snapshot = snap.info.Name
 	rec.Running = true
 	ps.record(rec)
 
@@ -170,22 +170,22 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 	return m.finishRestore(run, snap, parts, ps, rec, id)
 }
 
-// beginRestore checks a restore request, acquires the process, loads the
-// snapshot and starts the worker that restores it, which freezes the
-// process. On success the caller owns the process (ps.acquire), the
-// worker and the snapshot.
-func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, request string, ps *procState) (*worker.Restore, *snapshot.Snapshot, []string, bool, error) {
+// beginRestore checks a restore request, acquires the process, reads the
+// snapshot's image and starts the worker that restores it, which freezes
+// the process. On success the caller owns the process (ps.acquire) and
+// the worker.
+func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, request string, ps *procState) (*worker.Restore, restorable, []string, bool, error) {
 	name, parts, err := parseRestoreRequest(request)
 	if err != nil {
-		return nil, nil, nil, false, err
+		return nil, restorable{}, nil, false, err
 	}
 	creds, err := m.authorize(caller, id)
 	if err != nil {
-		return nil, nil, nil, false, err
+		return nil, restorable{}, nil, false, err
 	}
 	self := creds.TGID == id.PID
 	if err := ps.acquireFrom(id.PID, "restore", uint32(creds.TGID), int(caller.Pid), self); err != nil {
-		return nil, nil, nil, false, err
+		return nil, restorable{}, nil, false, err
 	}
 
 	if name == latestName {
@@ -194,64 +194,68 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 		}
 		if err != nil {
 			ps.release()
-			return nil, nil, nil, false, err
+			return nil, restorable{}, nil, false, err
 		}
 	}
 	snap, err := m.loadRestorable(creds, id, name)
 	if err != nil {
 		ps.release()
-		return nil, nil, nil, false, err
+		return nil, restorable{}, nil, false, err
 	}
 
 	run, err := worker.Start(worker.Job{
 		Process:  id,
 		Store:    m.store.URL(),
 		Snapshot: name,
-		Captured: snap.Info.Captured,
+		Captured: snap.info.Captured,
 		Parts:    parts,
 		Tracker:  m.trackerFor(ps, id),
-		Image:    snap.Image,
+		Image:    snap.img,
 		Log:      m.log,
 	})
 	if err != nil {
-		m.closeSnapshot(snap)
 		ps.release()
-		return nil, nil, nil, false, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
+		return nil, restorable{}, nil, false, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
 	}
 	ps.markFrozen()
 	return run, snap, parts, self, nil
 }
 
-// loadRestorable loads snapshot name of process id and checks that the
-// caller may use it and that the live process can be rolled back to it.
-func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name string) (*snapshot.Snapshot, error) {
-	snap, err := m.store.Load(id, name)
+// restorable is the snapshot a restore rolls back to, as far as the daemon
+// reads it: the restore worker loads its memory itself.
+type restorable struct {
+	info snapshot.Info
+	img  *snapshot.Image
+}
+
+// loadRestorable reads the description and image of snapshot name of
+// process id and checks that the caller may use it and that the live
+// process can be rolled back to it.
+func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name string) (restorable, error) {
+	info, img, err := m.store.LoadImage(id, name)
 	if err != nil {
-		return nil, err
+		return restorable{}, err
 	}
-	if err := mayUseSnapshot(creds, snap.Info.UID); err != nil {
-		m.closeSnapshot(snap)
-		return nil, err
+	if err := mayUseSnapshot(creds, info.UID); err != nil {
+		return restorable{}, err
 	}
 
 	// Rejecting before the freeze keeps the process running; the engine
 	// repeats the check under the freeze, which closes the race.
-	if err := engine.CheckUnchanged(id.PID, snap.Image); err != nil {
-		m.closeSnapshot(snap)
-		return nil, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
+	if err := engine.CheckUnchanged(id.PID, img); err != nil {
+		return restorable{}, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
 	}
-	return snap, nil
+	return restorable{info: info, img: img}, nil
 }
 
 // finishRestore waits for the worker to roll the process back and thaw
-// it. It releases the process and the snapshot and records the outcome.
-func (m *mountState) finishRestore(run *worker.Restore, snap *snapshot.Snapshot, parts []string, ps *procState, rec opRecord, id snapshot.ProcessID) error {
+// it. It releases the process and records the outcome.
+func (m *mountState) finishRestore(run *worker.Restore, snap restorable, parts []string, ps *procState, rec opRecord, id snapshot.ProcessID) error {
 	defer ps.release()
-	defer m.closeSnapshot(snap)
 
 	report, err := run.Wait()
 	if err == nil {
-		ps.writeTracker(id).SetBase(snap.Info.Name)
+		ps.writeTracker(id).SetBase(snap.info.Name)
 	}
 	if err != nil {
 		return m.failed(ps, rec, id, m.explain(id, "restore", err))

@@ -26,6 +26,9 @@ type backend interface {
 
 	// loadSnapshot opens a committed snapshot; name is already checked.
 	loadSnapshot(p ProcessID, name string) (*Snapshot, error)
+	// loadImage reads a committed snapshot's description and image
+	// without its memory; name is already checked.
+	loadImage(p ProcessID, name string) (Info, *Image, error)
 
 	// removeSnapshot deletes a committed snapshot; name is already checked.
 	removeSnapshot(p ProcessID, name string) error

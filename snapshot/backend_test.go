@@ -170,6 +170,33 @@ func TestBackendRoundTrip(t *testing.T) {
 	})
 }
 
+func TestBackendLoadImage(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, tb testBackend) {
+		s, _ := tb.open(t)
+		img := testImage(4243, 1)
+		saved, err := s.Save(img, "plan")
+		if err != nil {
+			t.Fatalf("Save: %v", err)
+		}
+
+		info, got, err := s.LoadImage(img.Process, "plan")
+		if err != nil {
+			t.Fatalf("LoadImage: %v", err)
+		}
+		if !reflect.DeepEqual(info, *saved) {
+			t.Errorf("LoadImage Info = %+v, Save returned %+v", info, *saved)
+		}
+		checkMetadata(t, img, got)
+
+		if _, _, err := s.LoadImage(img.Process, "missing"); !errors.Is(err, unix.ENOENT) {
+			t.Errorf("LoadImage of a missing snapshot: %v, want ENOENT", err)
+		}
+		if _, _, err := s.LoadImage(img.Process, "../plan"); !errors.Is(err, unix.EINVAL) {
+			t.Errorf("LoadImage of an invalid name: %v, want EINVAL", err)
+		}
+	})
+}
+
 func TestBackendRandomAccess(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, tb testBackend) {
 		s, _ := tb.open(t)

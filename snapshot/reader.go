@@ -63,6 +63,44 @@ func (s *Store) Load(p ProcessID, name string) (*Snapshot, error) {
 	return s.backend.loadSnapshot(p, name)
 }
 
+// LoadImage reads the description and the image of snapshot name of
+// process p, without its memory: for a caller that needs to check a
+// snapshot or plan around it but leaves reading its memory to another
+// process. Its errors are those of Load.
+func (s *Store) LoadImage(p ProcessID, name string) (Info, *Image, error) {
+	if err := ValidName(name); err != nil {
+		return Info{}, nil, fmt.Errorf("load snapshot of process %d: %w", p.PID, err)
+	}
+	return s.backend.loadImage(p, name)
+}
+
+func (s *dirStore) loadImage(p ProcessID, name string) (Info, *Image, error) {
+	proc, err := s.findProcessDir(p)
+	if err != nil {
+		return Info{}, nil, fmt.Errorf("load snapshot %s: %w", name, err)
+	}
+	info, m, err := readInfo(proc, name, p)
+	if errors.Is(err, os.ErrNotExist) {
+		return Info{}, nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, unix.ENOENT)
+	}
+	if err != nil {
+		return Info{}, nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, err)
+	}
+
+	data, err := openData(proc, m.Data)
+	if err != nil {
+		return Info{}, nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, err)
+	}
+	defer data.Close()
+	img, err := readImage(m, func(entry fileEntry) ([]byte, error) {
+		return readSection(data, sectionOffset(m, entry.Name), entry)
+	})
+	if err != nil {
+		return Info{}, nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, err)
+	}
+	return info, img, nil
+}
+
 func (s *dirStore) loadSnapshot(p ProcessID, name string) (*Snapshot, error) {
 	proc, err := s.findProcessDir(p)
 	if err != nil {
@@ -101,22 +139,7 @@ func newSnapshot(dir string, info Info, m *manifest, img *Image, x *index, memor
 // manifest m. read returns the contents of one file after checking its size
 // and hash against the entry.
 func readMetadata(m *manifest, read func(fileEntry) ([]byte, error)) (*Image, *index, error) {
-	meta, err := read(m.file(imageFile))
-	if err != nil {
-		return nil, nil, err
-	}
-	img := &Image{}
-	if err := json.Unmarshal(meta, img); err != nil {
-		return nil, nil, fmt.Errorf("decode %s: %v: %w", imageFile, err, ErrCorrupt)
-	}
-	if err := checkImage(img, false); err != nil {
-		return nil, nil, fmt.Errorf("%s: %v: %w", imageFile, err, ErrCorrupt)
-	}
-	if len(img.Regions) != m.Info.Regions || len(img.Threads) != m.Info.Threads || img.Process != m.Info.Process {
-		return nil, nil, fmt.Errorf("%s does not match the manifest: %w", imageFile, ErrCorrupt)
-	}
-
-	img.Maps, err = read(m.file(mapsFile))
+	img, err := readImage(m, read)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -136,6 +159,31 @@ func readMetadata(m *manifest, read func(fileEntry) ([]byte, error)) (*Image, *i
 		return nil, nil, err
 	}
 	return img, x, nil
+}
+
+// readImage reads and checks the image and maps files of manifest m, as
+// readMetadata does.
+func readImage(m *manifest, read func(fileEntry) ([]byte, error)) (*Image, error) {
+	meta, err := read(m.file(imageFile))
+	if err != nil {
+		return nil, err
+	}
+	img := &Image{}
+	if err := json.Unmarshal(meta, img); err != nil {
+		return nil, fmt.Errorf("decode %s: %v: %w", imageFile, err, ErrCorrupt)
+	}
+	if err := checkImage(img, false); err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", imageFile, err, ErrCorrupt)
+	}
+	if len(img.Regions) != m.Info.Regions || len(img.Threads) != m.Info.Threads || img.Process != m.Info.Process {
+		return nil, fmt.Errorf("%s does not match the manifest: %w", imageFile, ErrCorrupt)
+	}
+
+	img.Maps, err = read(m.file(mapsFile))
+	if err != nil {
+		return nil, err
+	}
+	return img, nil
 }
 
 // ReadRegion fills p with the saved memory of region i (an index into

@@ -25,42 +25,69 @@ func (s *s3Store) loadSnapshot(p ProcessID, name string) (*Snapshot, error) {
 
 func (s *s3Store) load(p ProcessID, name string) (*Snapshot, error) {
 	proc := s.processPrefix(p)
-	key := manifestKey(proc, name)
-	data, err := s.getAll(key, maxManifestSize)
+	info, m, err := s.readManifest(p, name)
 	if err != nil {
 		return nil, err
 	}
+	img, x, err := readMetadata(m, s.metadataReader(proc, m))
+	if err != nil {
+		return nil, err
+	}
+	memory := &s3Object{s: s, key: dataKey(proc, m.Data, memoryFile)}
+	return newSnapshot(s.url(proc+name), info, m, img, x, memory, nil)
+}
+
+func (s *s3Store) loadImage(p ProcessID, name string) (Info, *Image, error) {
+	info, m, err := s.readManifest(p, name)
+	if err == nil {
+		var img *Image
+		if img, err = readImage(m, s.metadataReader(s.processPrefix(p), m)); err == nil {
+			return info, img, nil
+		}
+	}
+	return Info{}, nil, fmt.Errorf("load snapshot %s of process %d: %w", name, p.PID, err)
+}
+
+// readManifest reads and checks the manifest of snapshot name of process p
+// against the objects of its data.
+func (s *s3Store) readManifest(p ProcessID, name string) (Info, *manifest, error) {
+	proc := s.processPrefix(p)
+	key := manifestKey(proc, name)
+	data, err := s.getAll(key, maxManifestSize)
+	if err != nil {
+		return Info{}, nil, err
+	}
 	m, err := parseManifest(data)
 	if err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", s.url(key), err)
+		return Info{}, nil, fmt.Errorf("manifest %s: %w", s.url(key), err)
 	}
 	if m.Info.Process != p {
-		return nil, fmt.Errorf("manifest %s describes pid %d start time %d boot %s: %w",
+		return Info{}, nil, fmt.Errorf("manifest %s describes pid %d start time %d boot %s: %w",
 			s.url(key), m.Info.Process.PID, m.Info.Process.StartTime, m.Info.Process.BootID, ErrCorrupt)
 	}
 
 	objects, err := s.listObjects(proc + dataPrefix + m.Data + "/")
 	if err != nil {
-		return nil, err
+		return Info{}, nil, err
 	}
 	info, err := s.checkManifest(proc, name, m, int64(len(data)), objects)
 	if err != nil {
-		return nil, err
+		return Info{}, nil, err
 	}
+	return info, m, nil
+}
 
-	img, x, err := readMetadata(m, func(entry fileEntry) ([]byte, error) {
+// metadataReader returns the reader of the metadata objects of manifest
+// m for readMetadata and readImage.
+func (s *s3Store) metadataReader(proc string, m *manifest) func(fileEntry) ([]byte, error) {
+	return func(entry fileEntry) ([]byte, error) {
 		key := dataKey(proc, m.Data, entry.Name)
 		data, err := s.getAll(key, int64(entry.Size))
 		if err != nil {
 			return nil, err
 		}
 		return data, checkContents(s.url(key), data, entry)
-	})
-	if err != nil {
-		return nil, err
 	}
-	memory := &s3Object{s: s, key: dataKey(proc, m.Data, memoryFile)}
-	return newSnapshot(s.url(proc+name), info, m, img, x, memory, nil)
 }
 
 // getAll returns the whole object at key, which must not exceed limit

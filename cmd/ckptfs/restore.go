@@ -57,12 +57,11 @@ func (a *app) restore(pid int, name string, parts []string) error {
 	if err != nil {
 		return err
 	}
-	snap, err := a.loadForRestore(store, t)
+	info, img, err := a.loadForRestore(store, t)
 	if err != nil {
 		return err
 	}
-	defer snap.Close()
-	name, t.snapshot = snap.Info.Name, snap.Info.Name // latest resolved
+	name, t.snapshot = info.Name, info.Name // latest resolved
 
 	if len(parts) == 0 {
 		parts = nil
@@ -74,8 +73,8 @@ func (a *app) restore(pid int, name string, parts []string) error {
 		}
 		return 0
 	}
-	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name), runBytes(snap.Image), read)
-	report, err := a.rollBack(t, store, snap, parts, &run)
+	stop := startProgress(a.stderr, fmt.Sprintf("restoring pid %d to %s", pid, name), runBytes(img), read)
+	report, err := a.rollBack(t, store, info, img, parts, &run)
 	stop()
 	if err != nil {
 		return err
@@ -87,16 +86,16 @@ func (a *app) restore(pid int, name string, parts []string) error {
 	return nil
 }
 
-// rollBack restores the parts of snap onto process t.pid in a restore
-// worker, which completes or undoes the restore even when this command is
-// interrupted or killed, and stores the worker in run for the progress
-// bar.
-func (a *app) rollBack(t target, store *snapshot.Store, snap *snapshot.Snapshot, parts []string, run *atomic.Pointer[worker.Restore]) (*engine.RestoreReport, error) {
+// rollBack restores the parts of the snapshot info onto process t.pid in
+// a restore worker, which completes or undoes the restore even when this
+// command is interrupted or killed, and stores the worker in run for the
+// progress bar.
+func (a *app) rollBack(t target, store *snapshot.Store, info snapshot.Info, img *snapshot.Image, parts []string, run *atomic.Pointer[worker.Restore]) (*engine.RestoreReport, error) {
 	r, err := worker.Start(worker.Job{
-		Process:  snap.Image.Process,
+		Process:  info.Process,
 		Store:    store.URL(),
-		Snapshot: snap.Info.Name,
-		Captured: snap.Info.Captured,
+		Snapshot: info.Name,
+		Captured: info.Captured,
 		Parts:    parts,
 		Log:      a.log,
 	})
@@ -107,19 +106,13 @@ func (a *app) rollBack(t target, store *snapshot.Store, snap *snapshot.Snapshot,
 
 	report, err := r.Wait()
 	if err != nil {
-		return nil, a.restoreFailure(t, snap, parts, err)
+		f := t.fail(fmt.Errorf("snapshot %q: %w", t.snapshot, err))
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			f.hint = refusalHint(t.pid, img, parts)
+		}
+		return nil, f
 	}
 	return report, nil
-}
-
-// restoreFailure returns the failure of a restore of snap, with a hint
-// when the restore was rejected as not supported.
-func (a *app) restoreFailure(t target, snap *snapshot.Snapshot, parts []string, err error) error {
-	f := t.fail(fmt.Errorf("snapshot %q: %w", t.snapshot, err))
-	if errors.Is(err, unix.EOPNOTSUPP) {
-		f.hint = refusalHint(t.pid, snap.Image, parts)
-	}
-	return f
 }
 
 // describeParts returns the parts of a restore for the log: "all" for a full
@@ -131,37 +124,37 @@ func describeParts(parts []string) string {
 	return strings.Join(parts, " ")
 }
 
-// loadForRestore loads snapshot t.snapshot of the process running now with
-// pid t.pid. A snapshot taken of an earlier process that had the same pid is
+// loadForRestore reads the description and image of snapshot t.snapshot of
+// the process running now with pid t.pid; the restore worker loads its
+// memory. A snapshot taken of an earlier process that had the same pid is
 // an error: the running process is a different one.
-func (a *app) loadForRestore(store *snapshot.Store, t target) (*snapshot.Snapshot, error) {
+func (a *app) loadForRestore(store *snapshot.Store, t target) (snapshot.Info, *snapshot.Image, error) {
 	id, err := engine.Identify(t.pid)
 	if err != nil {
-		return nil, t.wrap(err)
+		return snapshot.Info{}, nil, t.wrap(err)
 	}
 
 	if t.snapshot == "latest" {
 		if t.snapshot, err = newestSnapshot(store, id); err != nil {
-			return nil, t.fail(err)
+			return snapshot.Info{}, nil, t.fail(err)
 		}
 	}
 
-	// Load's errors name the snapshot and the process.
-	snap, err := store.Load(id, t.snapshot)
+	// LoadImage's errors name the snapshot and the process.
+	info, img, err := store.LoadImage(id, t.snapshot)
 	if errors.Is(err, unix.ENOENT) {
 		if other := a.findOtherIncarnation(store, id, t.snapshot); other != nil {
-			return nil, t.identityFailure(other.Process)
+			return snapshot.Info{}, nil, t.identityFailure(other.Process)
 		}
 	}
 	if err != nil {
-		return nil, t.fail(err)
+		return snapshot.Info{}, nil, t.fail(err)
 	}
 
-	if snap.Info.Process != id {
-		_ = snap.Close()
-		return nil, t.identityFailure(snap.Info.Process)
+	if info.Process != id {
+		return snapshot.Info{}, nil, t.identityFailure(info.Process)
 	}
-	return snap, nil
+	return info, img, nil
 }
 
 // findOtherIncarnation returns the snapshot named name of a process that had

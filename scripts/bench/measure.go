@@ -157,13 +157,12 @@ func (b *bench) measureRollback(st *snapshot.Store, tgt *memTarget, x *row, snap
 // compares only the pages written since, and the snapshot becomes the base
 // again.
 func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info, tr *engine.Tracker) (time.Duration, error) {
-	// The mount loads the snapshot to check the caller's access before it
-	// starts the worker, which loads it again.
-	snap, err := st.Load(info.Process, info.Name)
+	// The mount reads the snapshot's image to check the request before it
+	// starts the worker, which loads the whole snapshot.
+	_, img, err := st.LoadImage(info.Process, info.Name)
 	if err != nil {
 		return 0, fmt.Errorf("load snapshot %s of pid %d: %w", info.Name, pid, err)
 	}
-	defer snap.Close()
 
 	start := time.Now()
 	r, err := worker.Start(worker.Job{
@@ -172,7 +171,7 @@ func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info, tr
 		Snapshot: info.Name,
 		Captured: info.Captured,
 		Tracker:  tr,
-		Image:    snap.Image,
+		Image:    img,
 		Log:      b.log,
 	})
 	if err != nil {
