@@ -38,12 +38,13 @@ type Op struct {
 	frozen      bool      // some thread is seized and not yet detached
 	freezeStart time.Time
 	frozenFor   time.Duration
-	syscallIP   uint64   // address of a `syscall` instruction in the target, 0 until found
-	restorerIP  uint64   // rt_sigreturn code found with syscallIP, 0 when none
-	scratchAddr uint64   // scratch page in the target, 0 until mapped
-	mem         *os.File // /proc/PID/mem, nil until first used
-	clone       cowClone // copy-on-write clone of CaptureCOW, until closed
-	tracker     *Tracker // set by Track, nil when writes are not tracked
+	syscallIP   uint64     // address of a `syscall` instruction in the target, 0 until found
+	restorerIP  uint64     // rt_sigreturn code found with syscallIP, 0 when none
+	scratchAddr uint64     // scratch page in the target, 0 until mapped
+	mem         *os.File   // /proc/PID/mem, nil until first used
+	clone       cowClone   // copy-on-write clone of CaptureCOW, until closed
+	tracker     *Tracker   // set by Track, nil when writes are not tracked
+	selfWrite   *selfWrite // set by FailSelfWrite
 	// protectLate is set by a first tracked capture that write-protects
 	// the memory after the thaw (see protectAfterThaw).
 	protectLate bool

@@ -72,6 +72,9 @@ func (op *Op) Restore(img *snapshot.Image, mem snapshot.MemoryReader, parts []st
 		}
 		var err error
 		report, err = op.restore(img, mem, selected)
+		if err != nil && op.selfWrite != nil {
+			op.failSelfWrite(err)
+		}
 		cont := err == nil && selected.registers && op.matchJobStop(img)
 		op.thaw()
 		if cont {
@@ -84,6 +87,47 @@ func (op *Op) Restore(img *snapshot.Image, mem snapshot.MemoryReader, parts []st
 	}
 	op.log.Debug("restored", "op", "restore", "parts", parts, "duration", time.Since(start), "frozen", op.frozenFor)
 	return report, nil
+}
+
+// selfWrite is the write(2) through which a process requested its own
+// restore, which returned before the restore began.
+type selfWrite struct {
+	tid     int
+	n       uint64 // the byte count the write returned
+	errnoOf func(error) unix.Errno
+}
+
+// FailSelfWrite makes a Restore that fails end the write(2) that thread
+// tid returns from with an errno instead of the byte count n it returned.
+// That write is the one through which the process requested its own
+// restore, and it had to return before the restore could freeze the
+// thread. errnoOf picks the errno for the restore's error. Call it before
+// Restore.
+func (op *Op) FailSelfWrite(tid int, n uint64, errnoOf func(error) unix.Errno) {
+	op.selfWrite = &selfWrite{tid: tid, n: n, errnoOf: errnoOf}
+}
+
+// failSelfWrite makes the write of op.selfWrite return the errno of err,
+// when its thread is stopped at the return of that write.
+//
+// Precondition: called on the op's locked thread; all threads stopped;
+// the restore failed and was undone.
+func (op *Op) failSelfWrite(err error) {
+	w := op.selfWrite
+	th := op.threadByTID(w.tid)
+	if th == nil {
+		return
+	}
+	regs, regsErr := th.getRegs()
+	if regsErr != nil || regs.Orig_rax != unix.SYS_WRITE || regs.Rax != w.n {
+		op.log.Debug("the thread that requested the restore is not at the return of its write", "tid", w.tid, "err", regsErr)
+		return
+	}
+	errno := w.errnoOf(err)
+	regs.Rax = uint64(-int64(errno))
+	if err := th.setRegs(&regs); err != nil {
+		op.log.Warn("reporting the failed restore to the writing thread failed", "tid", w.tid, "err", err)
+	}
 }
 
 // restorer is the state of one full restore: the plan, the safety copy of

@@ -161,10 +161,34 @@ func checkReopen(fd *snapshot.FD, stat func(string) (fileIdentity, error)) (file
 	if err != nil {
 		return id, reject(unix.EOPNOTSUPP, fmt.Sprintf("fd %d was closed since the snapshot and its file %s cannot be reopened: %v", fd.Num, fd.Target, err))
 	}
-	if id.dev != fd.Dev || id.ino != fd.Ino {
-		return id, reject(unix.EOPNOTSUPP, fmt.Sprintf("fd %d was closed since the snapshot and %s is now another file (inode %d, was %d)", fd.Num, fd.Target, id.ino, fd.Ino))
+	// Inode numbers are reused, so a FIFO made where the file was may
+	// have its number, and only the type differs.
+	if id.dev != fd.Dev || id.ino != fd.Ino || id.mode&unix.S_IFMT != fd.Mode&unix.S_IFMT {
+		return id, reject(unix.EOPNOTSUPP, fmt.Sprintf("fd %d was closed since the snapshot and %s is now another file (%s inode %d, was %s inode %d)",
+			fd.Num, fd.Target, fileType(id.mode), id.ino, fileType(fd.Mode), fd.Ino))
 	}
 	return id, nil
+}
+
+// fileType names the type of file of an st_mode.
+func fileType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "regular file"
+	case unix.S_IFDIR:
+		return "directory"
+	case unix.S_IFCHR:
+		return "character device"
+	case unix.S_IFBLK:
+		return "block device"
+	case unix.S_IFIFO:
+		return "FIFO"
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFLNK:
+		return "symbolic link"
+	}
+	return fmt.Sprintf("file of type %#o", mode&unix.S_IFMT)
 }
 
 // offsetWarning returns a warning when the saved offset of a regular file

@@ -102,18 +102,27 @@ func (op *Op) openInTarget(path string, flags int) (int, error) {
 	return int(fd), nil
 }
 
-// openChecked opens path inside the target and checks that the file
-// opened is inode ino of device dev.
+// openChecked opens path inside the target with flags and checks that the
+// file opened is inode ino of device dev.
+//
+// The open adds O_NOCTTY, so that a terminal never becomes the
+// controlling one, and O_NONBLOCK. Since its check, path may have become
+// a FIFO or a device whose open waits (for a writer, or for a modem's
+// carrier), and an injected call that waits would leave the thread stuck
+// in it. O_NONBLOCK is cleared again when flags lack it.
 //
 // Precondition: called on the op's locked thread; all threads stopped.
 func (op *Op) openChecked(path string, flags int, dev, ino uint64) (int, error) {
-	fd, err := op.openInTarget(path, flags)
+	fd, err := op.openInTarget(path, flags|unix.O_NONBLOCK|unix.O_NOCTTY)
 	if err != nil {
 		return -1, err
 	}
 	id, err := processProbe(op.pid).statFD(fd)
 	if err == nil && (id.dev != dev || id.ino != ino) {
 		err = reject(unix.EOPNOTSUPP, fmt.Sprintf("%s is now another file (inode %d, was %d)", path, id.ino, ino))
+	}
+	if err == nil && flags&unix.O_NONBLOCK == 0 {
+		err = op.fcntl(fd, unix.F_SETFL, flags&fdStatusFlags)
 	}
 	if err != nil {
 		op.closeInTarget(fd)

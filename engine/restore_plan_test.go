@@ -191,7 +191,7 @@ func TestPlanFDs(t *testing.T) {
 		regularFD(7, "/data/d", 14, 10, unix.O_RDONLY),
 	}
 	probe := fakeProbe(
-		map[string]fileIdentity{"/data/b": {dev: 3, ino: 11, size: 80}},
+		map[string]fileIdentity{"/data/b": {dev: 3, ino: 11, size: 80, mode: unix.S_IFREG | 0o644}},
 		map[int]fileIdentity{3: {dev: 3, ino: 10, size: 500}, 5: {dev: 3, ino: 12, size: 10}, 7: {dev: 3, ino: 14, size: 20}},
 	)
 	steps, warnings, err := planFDs(saved, cur, probe)
@@ -240,6 +240,8 @@ func TestPlanFDsRejects(t *testing.T) {
 		{"deleted file closed", snapshot.FD{Num: 6, Kind: snapshot.KindDeleted, Target: "/tmp/x (deleted)", Ino: 9, Mode: unix.S_IFREG}, nil, nil, "fd 6 (deleted"},
 		{"file gone", regularFD(7, "/data/gone", 9, 0, 0), nil, nil, "fd 7 "},
 		{"file replaced", regularFD(8, "/data/f", 9, 0, 0), nil, map[string]fileIdentity{"/data/f": {dev: 3, ino: 99}}, "fd 8 "},
+		{"FIFO with the file's inode", regularFD(9, "/data/g", 9, 0, 0), nil,
+			map[string]fileIdentity{"/data/g": {dev: 3, ino: 9, mode: unix.S_IFIFO | 0o644}}, "now another file (FIFO inode 9, was regular file inode 9)"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

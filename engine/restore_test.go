@@ -659,3 +659,51 @@ func TestRestoreRejectsOwnUserfaultfd(t *testing.T) {
 	p.send(t, "p", "pong")
 	checkRunning(t, p.Proc)
 }
+
+// TestOpenCheckedDoesNotWaitForFIFO opens a FIFO that has no writer in the
+// target, as a restore that reopens a path replaced by one since its
+// check would: the open must return at once, with the file's own flags.
+func TestOpenCheckedDoesNotWaitForFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fifo, &st); err != nil {
+		t.Fatal(err)
+	}
+	p := testproc.Start(t, testproc.Build(t, "rst_counter"))
+	p.Expect("count ")
+
+	op, err := Begin(p.PID, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	var flags string
+	err = op.do(func() error {
+		if err := op.waitStops(); err != nil {
+			return err
+		}
+		fd, err := op.openChecked(fifo, unix.O_RDONLY, st.Dev, st.Ino)
+		if err != nil {
+			return err
+		}
+		defer op.closeInTarget(fd)
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", p.PID, fd))
+		flags = string(info)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("open FIFO without a writer in pid %d: %v", p.PID, err)
+	}
+	var got uint64
+	for _, line := range strings.Split(flags, "\n") {
+		if rest, ok := strings.CutPrefix(line, "flags:"); ok {
+			got, _ = strconv.ParseUint(strings.TrimSpace(rest), 8, 64)
+		}
+	}
+	if got&unix.O_NONBLOCK != 0 {
+		t.Errorf("FIFO opened with flags %#o, want O_NONBLOCK cleared again", got)
+	}
+}

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
 	"syscall"
 	"time"
@@ -96,7 +97,7 @@ func (f *autosaveFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle,
 	f.state.debug(ctx, "open", "pid", f.id.PID, "name", "autosave", "flags", flags)
 	caller, _ := fuse.FromContext(ctx)
 	if _, err := f.state.authorize(caller, f.id); err != nil {
-		return nil, 0, errnoOf(err)
+		return nil, 0, errnos.Of(err)
 	}
 	return &controlHandle{}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
 }
@@ -108,7 +109,7 @@ func (f *autosaveFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte
 	f.state.debug(ctx, "read", "pid", f.id.PID, "name", "autosave", "offset", off)
 	caller, _ := fuse.FromContext(ctx)
 	if _, err := f.state.authorize(caller, f.id); err != nil {
-		return nil, errnoOf(err)
+		return nil, errnos.Of(err)
 	}
 	h := fh.(*controlHandle)
 	h.mu.Lock()
@@ -133,7 +134,7 @@ func (f *autosaveFile) Write(ctx context.Context, fh gofs.FileHandle, data []byt
 	f.state.debug(ctx, "write", "pid", f.id.PID, "name", "autosave", "bytes", len(data))
 	caller, _ := fuse.FromContext(ctx)
 	if err := f.state.setAutosave(caller, f.id, data); err != nil {
-		return 0, errnoOf(err)
+		return 0, errnos.Of(err)
 	}
 	return uint32(len(data)), 0
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
 	"slices"
 	"strconv"
@@ -46,7 +47,7 @@ func (a *autosaver) tick(sc *schedule) bool {
 		a.exited(sc)
 		return false
 	case err != nil:
-		sc.setLast(start, fmt.Sprintf("failed: %s: %s", errnoName(errnoOf(err)), err))
+		sc.setLast(start, fmt.Sprintf("failed: %s: %s", errnos.Name(errnos.Of(err)), err))
 		return true
 	}
 

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"sync"
 	"syscall"
 
@@ -110,7 +111,7 @@ func (c *controlFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, 
 	c.state.debug(ctx, "open", "pid", c.id.PID, "name", c.kind.String(), "flags", flags)
 	caller, _ := fuse.FromContext(ctx)
 	if _, err := c.state.authorize(caller, c.id); err != nil {
-		errno := errnoOf(err)
+		errno := errnos.Of(err)
 		if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 			c.state.logRefused(caller, c.id.PID, c.kind.String(), errno, err)
 		}
@@ -129,7 +130,7 @@ func (c *controlFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, 
 	c.state.debug(ctx, "read", "pid", c.id.PID, "name", c.kind.String(), "offset", off)
 	caller, _ := fuse.FromContext(ctx)
 	if _, err := c.state.authorize(caller, c.id); err != nil {
-		return nil, errnoOf(err)
+		return nil, errnos.Of(err)
 	}
 	h := f.(*controlHandle)
 	h.mu.Lock()
@@ -138,7 +139,7 @@ func (c *controlFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, 
 	if off == 0 || h.content == nil {
 		content, err := c.render()
 		if err != nil {
-			return nil, errnoOf(err)
+			return nil, errnos.Of(err)
 		}
 		h.content = content
 	}
@@ -195,14 +196,14 @@ func (c *controlFile) Write(ctx context.Context, f gofs.FileHandle, data []byte,
 		err = c.state.restore(caller, c.id, data)
 	}
 	if err != nil {
-		return 0, errnoOf(err)
+		return 0, errnos.Of(err)
 	}
 	return uint32(len(data)), 0
 }
 
 // logRefused logs an open for writing that the access check refused.
 func (m *mountState) logRefused(caller *fuse.Caller, pid int, file string, errno syscall.Errno, err error) {
-	args := []any{"pid", pid, "file", file, "errno", errnoName(errno), "err", err}
+	args := []any{"pid", pid, "file", file, "errno", errnos.Name(errno), "err", err}
 	if caller != nil {
 		args = append(args, "caller_pid", caller.Pid, "caller_uid", caller.Uid)
 	}

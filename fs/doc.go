@@ -108,7 +108,7 @@
 //
 // # Errors
 //
-// errnoOf is the one place where an error becomes an errno: a
+// errnos.Of is the one place where an error becomes an errno: a
 // *engine.RejectError returns its Errno, other errors the first errno of
 // the contract they wrap (ESRCH, EBUSY, EPERM, EACCES, EEXIST, ENOENT,
 // EINVAL, ENOSPC, EOPNOTSUPP), and anything else EIO. The status file

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
 	"path/filepath"
 	"slices"
@@ -74,7 +75,7 @@ func TestTargetExitsDuringCapture(t *testing.T) {
 	err := m.awaitOrAbort("capture of an exiting process", done)
 	wantErrno(t, "capture of a process killed while frozen", err, unix.ESRCH)
 	// The status file went with the process directory; its record stays.
-	if rec, _ := m.srv.state.proc(id).snapshotState(); rec == nil || errnoOf(rec.Err) != unix.ESRCH {
+	if rec, _ := m.srv.state.proc(id).snapshotState(); rec == nil || errnos.Of(rec.Err) != unix.ESRCH {
 		t.Errorf("record of the capture: %+v, want a failure with ESRCH", rec)
 	}
 	if infos, err := m.store.List(tg.PID); err != nil || len(infos) != 0 {

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"log/slog"
 	"syscall"
 	"time"
@@ -117,9 +118,9 @@ func (f *memFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		h.await(ctx, uint64(off), n)
 	}
 	if err := f.snap.ReadRegion(f.index, dest[:n], uint64(off)); err != nil {
-		errno := errnoOf(err)
+		errno := errnos.Of(err)
 		f.state.log.Error("read snapshot memory failed", "pid", f.snap.Info.Process.PID, "snapshot", f.snap.Info.Name,
-			"region", regionName(&f.snap.Image.Regions[f.index]), "offset", off, "errno", errnoName(errno), "err", err)
+			"region", regionName(&f.snap.Image.Regions[f.index]), "offset", off, "errno", errnos.Name(errno), "err", err)
 		return nil, errno
 	}
 	return fuse.ReadResultData(dest[:n]), 0

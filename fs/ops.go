@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
 	"slices"
 	"time"
@@ -155,7 +156,7 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 		return m.failed(ps, rec, id, err)
 	}
 
-	run, snap, parts, self, err := m.beginRestore(caller, id, request, ps)
+	run, snap, parts, self, err := m.beginRestore(caller, id, request, len(data), ps)
 	if err != nil {
 		return m.failed(ps, rec, id, err)
 	}
@@ -170,11 +171,11 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 	return m.finishRestore(run, snap, parts, ps, rec, id)
 }
 
-// beginRestore checks a restore request, acquires the process, reads the
-// snapshot's image and starts the worker that restores it, which freezes
-// the process. On success the caller owns the process (ps.acquire) and
+// beginRestore checks a restore request, which came in a write of written
+// bytes, acquires the process, reads the snapshot's image and starts the
+// worker that restores it, which freezes the process. On success the caller owns the process (ps.acquire) and
 // the worker.
-func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, request string, ps *procState) (*worker.Restore, restorable, []string, bool, error) {
+func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, request string, written int, ps *procState) (*worker.Restore, restorable, []string, bool, error) {
 	name, parts, err := parseRestoreRequest(request)
 	if err != nil {
 		return nil, restorable{}, nil, false, err
@@ -203,7 +204,7 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 		return nil, restorable{}, nil, false, err
 	}
 
-	run, err := worker.Start(worker.Job{
+	job := worker.Job{
 		Process:  id,
 		Store:    m.store.URL(),
 		Snapshot: name,
@@ -212,7 +213,11 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 		Tracker:  m.trackerFor(ps, id),
 		Image:    snap.img,
 		Log:      m.log,
-	})
+	}
+	if self {
+		job.SelfWrite = &worker.SelfWrite{TID: int(caller.Pid), Bytes: uint64(written)}
+	}
+	run, err := worker.Start(job)
 	if err != nil {
 		ps.release()
 		return nil, restorable{}, nil, false, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)
@@ -360,9 +365,9 @@ func (m *mountState) failed(ps *procState, rec opRecord, id snapshot.ProcessID, 
 	rec.Duration = time.Since(rec.Started)
 	ps.record(rec)
 
-	errno := errnoOf(err)
+	errno := errnos.Of(err)
 	m.log.Error(rec.Kind+" failed", "pid", id.PID, "snapshot", rec.Snapshot,
-		"errno", errnoName(errno), "err", err)
+		"errno", errnos.Name(errno), "err", err)
 	return err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"syscall"
 	"time"
 
@@ -75,10 +76,20 @@ func (d *procDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		return d.lookupControl(ctx, out, ctlStatus, slotStatus), 0
 	case "autosave":
 		return d.lookupAutosave(ctx, out), 0
-	case "latest":
+	}
+	d.awaitSelfCapture(caller)
+	if name == "latest" {
 		return d.lookupLatest(ctx, out)
 	}
 	return d.lookupSnapshot(ctx, name, out)
+}
+
+// awaitSelfCapture makes a listing or lookup of snapshots wait for a
+// capture the process requested itself (see procState.awaitSelfCapture).
+func (d *procDir) awaitSelfCapture(caller *fuse.Caller) {
+	if caller != nil {
+		d.state.proc(d.id).awaitSelfCapture(int(caller.Pid))
+	}
 }
 
 // lookupControl returns the node of a control file. While a capture or
@@ -105,7 +116,7 @@ func (d *procDir) lookupControl(ctx context.Context, out *fuse.EntryOut, kind co
 func (d *procDir) lookupLatest(ctx context.Context, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	infos, err := d.state.store.Snapshots(d.id)
 	if err != nil {
-		return nil, errnoOf(err)
+		return nil, errnos.Of(err)
 	}
 	if len(infos) == 0 {
 		return nil, syscall.ENOENT
@@ -130,7 +141,7 @@ func (d *procDir) lookupSnapshot(ctx context.Context, name string, out *fuse.Ent
 	}
 	info, err := d.findSnapshot(name)
 	if err != nil {
-		return nil, errnoOf(err)
+		return nil, errnos.Of(err)
 	}
 
 	if child := d.GetChild(name); child != nil {
@@ -143,8 +154,8 @@ func (d *procDir) lookupSnapshot(ctx context.Context, name string, out *fuse.Ent
 
 	snap, err := d.state.store.Load(d.id, name)
 	if err != nil {
-		d.state.log.Error("load snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", errnoName(errnoOf(err)), "err", err)
-		return nil, errnoOf(err)
+		d.state.log.Error("load snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", errnos.Name(errnos.Of(err)), "err", err)
+		return nil, errnos.Of(err)
 	}
 	dir := newSnapDir(d.state, snap)
 	dir.fillAttr(&out.Attr)
@@ -174,9 +185,10 @@ func (d *procDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if _, err := d.state.authorize(caller, d.id); err != nil {
 		return nil, d.refused(caller, ".", err)
 	}
+	d.awaitSelfCapture(caller)
 	infos, err := d.state.store.Snapshots(d.id)
 	if err != nil {
-		return nil, errnoOf(err)
+		return nil, errnos.Of(err)
 	}
 
 	entries := []fuse.DirEntry{
@@ -201,8 +213,8 @@ func (d *procDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	caller, _ := fuse.FromContext(ctx)
 	err := d.remove(caller, name)
 	if err != nil {
-		d.state.log.Error("remove snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", errnoName(errnoOf(err)), "err", err)
-		return errnoOf(err)
+		d.state.log.Error("remove snapshot failed", "pid", d.id.PID, "snapshot", name, "errno", errnos.Name(errnos.Of(err)), "err", err)
+		return errnos.Of(err)
 	}
 	d.state.log.Info("removed snapshot", "pid", d.id.PID, "snapshot", name)
 	return 0
@@ -252,7 +264,7 @@ func lookupErrno(err error) syscall.Errno {
 	if errors.Is(err, unix.ESRCH) {
 		return syscall.ENOENT
 	}
-	return errnoOf(err)
+	return errnos.Of(err)
 }
 
 // latestLink is /ckpt/<pid>/latest, a symbolic link to the newest snapshot.
@@ -284,7 +296,7 @@ func (l *latestLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	l.state.debug(ctx, "readlink", "pid", l.id.PID, "name", "latest")
 	name, err := l.state.newest(l.id)
 	if err != nil {
-		return nil, errnoOf(err)
+		return nil, errnos.Of(err)
 	}
 	if name == "" {
 		return nil, syscall.ENOENT

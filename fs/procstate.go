@@ -111,6 +111,25 @@ func (p *procState) acquireFrom(pid int, kind string, callerPID uint32, callerTI
 	}
 }
 
+// awaitSelfCapture waits, for a request of thread tid, until a capture
+// that the process requested itself is saved. Such a capture's write
+// returns at the capture's point, before the save, and the process or a
+// command it starts may look for the snapshot next: it then finds it, as
+// after any other capture write. A thread the engine still holds does not
+// wait (thawedFor), and nothing the capture does waits for the others,
+// so the wait cannot deadlock.
+func (p *procState) awaitSelfCapture(tid int) {
+	for {
+		p.mu.Lock()
+		phase, changed, kind, self := p.phase, p.changed, p.kind, p.self
+		p.mu.Unlock()
+		if phase == phaseIdle || kind != "capture" || !self || !thawedFor(phase, tid) {
+			return
+		}
+		<-changed
+	}
+}
+
 // thawedFor reports whether the engine is done with the process of thread
 // tid in phase: it is saving, or frozen but tid is no longer traced.
 func thawedFor(phase opPhase, tid int) bool {

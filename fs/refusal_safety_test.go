@@ -2,6 +2,7 @@ package fs
 
 import (
 	"errors"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
 	"slices"
 	"strconv"
@@ -21,13 +22,13 @@ import (
 func wantRefusal(t *testing.T, m *testMount, pid int, errno unix.Errno, reasons ...string) {
 	t.Helper()
 	status := m.read(pid, "status")
-	prefix := "result: failed: " + errnoName(errno) + ": "
+	prefix := "result: failed: " + errnos.Name(errno) + ": "
 	if !strings.Contains(status, prefix) {
 		t.Errorf("status of pid %d lacks %q:\n%s", pid, prefix, status)
 	}
 	log := m.log.String()
-	if !strings.Contains(log, "errno="+errnoName(errno)) {
-		t.Errorf("log lacks errno=%s", errnoName(errno))
+	if !strings.Contains(log, "errno="+errnos.Name(errno)) {
+		t.Errorf("log lacks errno=%s", errnos.Name(errno))
 	}
 	for _, reason := range reasons {
 		if !strings.Contains(status, reason) {

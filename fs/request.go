@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"regexp"
 	"strings"
 	"syscall"
@@ -29,12 +30,17 @@ var restoreParts = []string{"memory", "layout", "threads", "fds", "signals"}
 var regionBounds = regexp.MustCompile(`^[0-9a-f]+-[0-9a-f]+$`)
 
 // requestText turns the data of a control-file write into a request: one
-// trailing newline is dropped.
+// trailing newline is dropped, and a request of several lines is invalid.
 func requestText(data []byte) (string, error) {
 	if len(data) > maxRequest {
 		return "", fmt.Errorf("request of %d bytes is longer than %d: %w", len(data), maxRequest, unix.EINVAL)
 	}
-	return strings.TrimSuffix(string(data), "\n"), nil
+	request := strings.TrimSuffix(string(data), "\n")
+	if strings.Contains(request, "\n") {
+		return "", fmt.Errorf("request %q has several lines: write one request per write, with at most one trailing newline: %w",
+			request, unix.EINVAL)
+	}
+	return request, nil
 }
 
 // parseCaptureRequest parses a write to a capture file. "1" or an empty
@@ -149,8 +155,8 @@ func (r *opRecord) render() []byte {
 		b.WriteString("result: running\n")
 		return []byte(b.String())
 	case r.Err != nil:
-		errno := errnoOf(r.Err)
-		fmt.Fprintf(&b, "result: failed: %s: %s\n", errnoName(errno), r.Err)
+		errno := errnos.Of(r.Err)
+		fmt.Fprintf(&b, "result: failed: %s: %s\n", errnos.Name(errno), r.Err)
 		hint := failureHints[errno]
 		if r.Kind == "autosave" && errno == unix.EINVAL {
 			hint = autosaveHint

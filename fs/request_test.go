@@ -3,6 +3,7 @@ package fs
 import (
 	"errors"
 	"fmt"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,7 +38,7 @@ func TestParseCaptureRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%q", tt.request), func(t *testing.T) {
 			name, err := parseCaptureRequest(tt.request)
-			if got := errnoOf(err); got != tt.errno {
+			if got := errnos.Of(err); got != tt.errno {
 				t.Fatalf("errno %v (%v), want %v", got, err, tt.errno)
 			}
 			if name != tt.name {
@@ -69,7 +70,7 @@ func TestParseRestoreRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%q", tt.request), func(t *testing.T) {
 			name, parts, err := parseRestoreRequest(tt.request)
-			if got := errnoOf(err); got != tt.errno {
+			if got := errnos.Of(err); got != tt.errno {
 				t.Fatalf("errno %v (%v), want %v", got, err, tt.errno)
 			}
 			if name != tt.name {
@@ -87,9 +88,11 @@ func TestRequestText(t *testing.T) {
 	if err != nil || got != "snap-1" {
 		t.Errorf("requestText(snap-1 newline) = %q, %v", got, err)
 	}
-	got, err = requestText([]byte("1\n\n"))
-	if err != nil || got != "1\n" {
-		t.Errorf("requestText drops more than one newline: %q, %v", got, err)
+	if got, err = requestText([]byte("1\n\n")); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("requestText(1 and two newlines) = %q, %v; want EINVAL", got, err)
+	}
+	if got, err = requestText([]byte("snap-1\nmemory")); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("requestText(two lines) = %q, %v; want EINVAL", got, err)
 	}
 	if _, err := requestText(make([]byte, maxRequest+1)); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("oversized request: %v, want EINVAL", err)
@@ -116,8 +119,8 @@ func TestErrnoOf(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := errnoOf(tt.err); got != tt.want {
-				t.Errorf("errnoOf(%v) = %v, want %v", tt.err, got, tt.want)
+			if got := errnos.Of(tt.err); got != tt.want {
+				t.Errorf("errnos.Of(%v) = %v, want %v", tt.err, got, tt.want)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
 	"strconv"
 	"syscall"
@@ -109,13 +110,13 @@ func (r *rootDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	caller, _ := fuse.FromContext(ctx)
 	creds, err := readCallerCreds(caller)
 	if err != nil {
-		return nil, errnoOf(err)
+		return nil, errnos.Of(err)
 	}
 
 	pids, err := listPIDs()
 	if err != nil {
-		errno := errnoOf(err)
-		r.state.log.Error("list processes failed", "errno", errnoName(errno), "err", err)
+		errno := errnos.Of(err)
+		r.state.log.Error("list processes failed", "errno", errnos.Name(errno), "err", err)
 		return nil, errno
 	}
 

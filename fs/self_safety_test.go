@@ -1,9 +1,12 @@
 package fs
 
 import (
+	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/ckptfs/ckptfs/internal/testproc"
 )
@@ -69,4 +72,70 @@ func lastStatus(m *testMount) string {
 		}
 	}
 	return text
+}
+
+// selfFailScript captures the shell while it holds a pipe on fd 7, closes
+// the pipe, and requests its own restore, which the restore must reject
+// after it froze the shell: a closed pipe cannot be reopened. The writer
+// of the pipe exits at once, so the script leaves no process behind.
+const selfFailScript = `
+exec 2>&1
+mnt=$1
+exec 7< <(:)
+echo 1 > "$mnt/self/capture"
+exec 7<&-
+if echo snap-1 > "$mnt/self/restore"; then
+	echo "restore write succeeded"
+else
+	echo "restore write failed"
+fi
+`
+
+func TestSelfRestoreFailureReachesWriter(t *testing.T) {
+	m := newMount(t)
+	cmd := exec.Command("timeout", "60", "bash", "-c", selfFailScript, "bash", m.dir)
+	sh := testproc.StartCmd(t, cmd)
+
+	var lines []string
+	for len(lines) == 0 || !strings.HasPrefix(lines[len(lines)-1], "restore write ") {
+		lines = append(lines, sh.Line())
+	}
+	if got := lines[len(lines)-1]; got != "restore write failed" {
+		t.Fatalf("shell printed %q, want the restore write to fail\nmount status of the shell:\n%s", lines, lastStatus(m))
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "Operation not supported") {
+		t.Errorf("shell printed %q, want the write's EOPNOTSUPP", lines)
+	}
+
+	// The worker's result reaches the status file just after the shell
+	// has gone on.
+	deadline := time.Now().Add(pollLimit)
+	for strings.Contains(lastStatus(m), "result: running") && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if status := lastStatus(m); !strings.Contains(status, "fd 7") {
+		t.Errorf("status %q, want the reason naming fd 7", status)
+	}
+}
+
+// selfLatestScript captures the shell and at once reads its latest link
+// with a command of its own, ten times over.
+const selfLatestScript = `
+mnt=$1
+for i in 1 2 3 4 5 6 7 8 9 10; do
+	echo "s$i" > "$mnt/self/capture"
+	echo "latest $(readlink "$mnt/$$/latest")"
+done
+`
+
+func TestSelfCaptureVisibleAtOnce(t *testing.T) {
+	m := newMount(t)
+	cmd := exec.Command("timeout", "60", "bash", "-c", selfLatestScript, "bash", m.dir)
+	sh := testproc.StartCmd(t, cmd)
+
+	for i := 1; i <= 10; i++ {
+		if got, want := sh.Line(), fmt.Sprintf("latest s%d", i); got != want {
+			t.Errorf("after capture %d the shell read %q, want %q", i, got, want)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"slices"
 	"strconv"
 	"syscall"
@@ -145,7 +146,7 @@ func (m *mountState) checkSnapshotReader(ctx context.Context, owner uint32) sysc
 	if err == nil {
 		err = mayUseSnapshot(creds, owner)
 	}
-	return errnoOf(err)
+	return errnos.Of(err)
 }
 
 // snapDir is /ckpt/<pid>/<name>: one loaded snapshot. The small files are

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"strings"
 	"testing"
 
@@ -21,7 +22,7 @@ func TestStatusFailureHints(t *testing.T) {
 	for _, c := range cases {
 		rec := opRecord{Kind: "capture", Err: fmt.Errorf("capture pid 7: %w", c.errno)}
 		text := string(rec.render())
-		if !strings.Contains(text, "result: failed: "+errnoName(c.errno)+": ") {
+		if !strings.Contains(text, "result: failed: "+errnos.Name(c.errno)+": ") {
 			t.Errorf("%v: status lacks the result line:\n%s", c.errno, text)
 		}
 		if !strings.Contains(text, c.want) {

@@ -3,8 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -91,6 +95,10 @@ func (a *app) restore(pid int, name string, parts []string) error {
 // command is interrupted or killed, and stores the worker in run for the
 // progress bar.
 func (a *app) rollBack(t target, store *snapshot.Store, info snapshot.Info, img *snapshot.Image, parts []string, run *atomic.Pointer[worker.Restore]) (*engine.RestoreReport, error) {
+	// From its start, the worker goes on without this command.
+	stop := a.waitThroughSignals(t.pid)
+	defer stop()
+
 	r, err := worker.Start(worker.Job{
 		Process:  info.Process,
 		Store:    store.URL(),
@@ -113,6 +121,32 @@ func (a *app) rollBack(t target, store *snapshot.Store, info snapshot.Info, img 
 		return nil, f
 	}
 	return report, nil
+}
+
+// waitThroughSignals catches SIGINT, SIGTERM and SIGHUP until the
+// returned function is called. The restore worker completes or undoes the
+// restore whatever happens to this command, so the command waits for the
+// outcome and reports it, instead of exiting while the process is still
+// frozen. It says so on the first signal.
+func (a *app) waitThroughSignals(pid int) (stop func()) {
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case sig := <-signals:
+			fmt.Fprintf(a.stderr, "ckptfs: %v received: the restore of process %d cannot stop halfway, waiting for it to complete or be undone\n", sig, pid)
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Stop(signals)
+		close(done)
+		wg.Wait()
+	}
 }
 
 // describeParts returns the parts of a restore for the log: "all" for a full

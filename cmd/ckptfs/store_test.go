@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ckptfs/ckptfs/internal/testproc"
 )
@@ -196,4 +202,66 @@ func TestRestoreOntoRecycledPID(t *testing.T) {
 	if entry.State != stateExited {
 		t.Errorf("state of snapshot old is %q while another process has pid %s, want %q", entry.State, pid, stateExited)
 	}
+}
+
+func TestRestoreWaitsThroughInterrupt(t *testing.T) {
+	needRoot(t)
+	store := newStore(t)
+	tg := testproc.StartMem(t, 256, false)
+	pid := strconv.Itoa(tg.PID)
+	mustRun(t, "capture", "--store", store, pid, "base")
+	tg.Touch(t)
+
+	cmd := exec.Command(binary, "restore", "--store", store, pid, "base")
+	cmd.Env = append(os.Environ(), "CKPTFS_STORE=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt the command once its worker holds the target.
+	for deadline := time.Now().Add(30 * time.Second); tracerPID(t, tg.PID) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("no restore worker froze pid %d; stderr:\n%s", tg.PID, stderr.String())
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+
+	if err != nil {
+		t.Errorf("interrupted restore: %v, want exit 0 once the restore completed\nstderr:\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "interrupt received") {
+		t.Errorf("stderr %q, want the interrupt acknowledged", stderr.String())
+	}
+	if !strings.HasPrefix(stdout.String(), "restored pid "+pid+" to snapshot base") {
+		t.Errorf("stdout %q, want the restore confirmed", stdout.String())
+	}
+	if seeds := tg.Seeds(t); len(seeds) != 1 || seeds[0x5afe0001] == 0 {
+		t.Errorf("memory seeds after the restore %v, want only the snapshot's", seeds)
+	}
+}
+
+// tracerPID returns the TracerPid of pid.
+func tracerPID(t *testing.T, pid int) int {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "TracerPid:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(rest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no TracerPid in /proc/%d/status", pid)
+	return 0
 }

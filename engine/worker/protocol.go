@@ -18,8 +18,12 @@ const (
 	workerRestore = "restore"
 )
 
-// workerComm is the command name of a worker process (at most 15 bytes).
-const workerComm = "ckptfs-restore"
+// workerArg0 is the whole command line of a worker process, and
+// workerComm its command name (at most 15 bytes).
+const (
+	workerArg0 = "ckptfs-restore-worker"
+	workerComm = "ckptfs-restore"
+)
 
 // The descriptors a worker gets from its parent, in the order of
 // exec.Cmd.ExtraFiles: the request, events back, log records back and,
@@ -33,13 +37,14 @@ const (
 
 // request is the restore a worker runs, sent as one JSON document.
 type request struct {
-	Process  snapshot.ProcessID   `json:"process"`
-	Store    string               `json:"store"`
-	Snapshot string               `json:"snapshot"`
-	Captured time.Time            `json:"captured"`
-	Parts    []string             `json:"parts"`
-	LogLevel slog.Level           `json:"log_level"`
-	Tracking *engine.TrackerState `json:"tracking,omitempty"`
+	Process   snapshot.ProcessID   `json:"process"`
+	Store     string               `json:"store"`
+	Snapshot  string               `json:"snapshot"`
+	Captured  time.Time            `json:"captured"`
+	Parts     []string             `json:"parts"`
+	SelfWrite *SelfWrite           `json:"self_write,omitempty"`
+	LogLevel  slog.Level           `json:"log_level"`
+	Tracking  *engine.TrackerState `json:"tracking,omitempty"`
 }
 
 // event is one line the worker sends back: exactly one field is set. The

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckptfs/ckptfs/engine"
+	"github.com/ckptfs/ckptfs/internal/errnos"
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
@@ -23,10 +24,16 @@ const progressInterval = 100 * time.Millisecond
 // Main runs this process as a restore worker, and exits, when Start
 // started it as one. Otherwise it returns at once.
 func Main() {
-	if os.Getenv(envWorker) != workerRestore {
+	kind, set := os.LookupEnv(envWorker)
+	if !set {
 		return
 	}
 	os.Unsetenv(envWorker)
+	if kind != workerRestore || len(os.Args) != 1 || os.Args[0] != workerArg0 {
+		// Not started by Start: the variable came from elsewhere, and the
+		// command runs as usual.
+		return
+	}
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 
 	// Run from /proc/self/exe, the worker would be called "exe" in ps and
@@ -38,18 +45,19 @@ func Main() {
 	log := slog.New(slog.NewJSONHandler(os.NewFile(fdLog, "log"), &slog.HandlerOptions{Level: &levelVar}))
 
 	var req request
-	err := json.NewDecoder(os.NewFile(fdRequest, "request")).Decode(&req)
-	if err != nil {
+	if err := json.NewDecoder(os.NewFile(fdRequest, "request")).Decode(&req); err != nil {
 		err = fmt.Errorf("restore worker: read the request: %w", err)
-	} else {
-		levelVar.Set(req.LogLevel)
-		var uffd *os.File
-		if req.Tracking != nil {
-			uffd = os.NewFile(fdUffd, "userfaultfd")
-		}
-		err = serve(req, uffd, events, log)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", workerArg0, err)
+		events.send(event{Result: &result{Error: encodeError(err)}})
+		os.Exit(2)
 	}
-	if err != nil {
+
+	levelVar.Set(req.LogLevel)
+	var uffd *os.File
+	if req.Tracking != nil {
+		uffd = os.NewFile(fdUffd, "userfaultfd")
+	}
+	if err := serve(req, uffd, events, log); err != nil {
 		// The restore did not begin, so the lent tracking goes back as
 		// it came.
 		events.send(event{Result: &result{Error: encodeError(err), Tracking: req.Tracking}})
@@ -95,6 +103,10 @@ func serve(req request, uffd *os.File, events *eventWriter, log *slog.Logger) er
 		} else if err := op.Track(tracker); err != nil {
 			log.Debug("restoring without write tracking", "pid", req.Process.PID, "err", err)
 		}
+	}
+
+	if w := req.SelfWrite; w != nil {
+		op.FailSelfWrite(w.TID, w.Bytes, func(err error) unix.Errno { return errnos.Of(err) })
 	}
 
 	mem := &countingReader{src: snap}

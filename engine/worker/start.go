@@ -41,8 +41,20 @@ type Job struct {
 	Tracker *engine.Tracker
 	Image   *snapshot.Image
 
+	// SelfWrite, when not nil, is the write(2) through which the process
+	// requested this restore itself, which returned before the restore
+	// began. A restore that fails makes that write return its errno (see
+	// engine.Op.FailSelfWrite), so that the process learns of the failure.
+	SelfWrite *SelfWrite
+
 	// Log receives the worker's log records. Nil discards them.
 	Log *slog.Logger
+}
+
+// SelfWrite is a write(2) of Bytes bytes by thread TID.
+type SelfWrite struct {
+	TID   int    `json:"tid"`
+	Bytes uint64 `json:"bytes"`
 }
 
 // Restore is a restore running in a worker, from Start to Wait.
@@ -74,12 +86,13 @@ func Start(job Job) (*Restore, error) {
 
 	r := &Restore{job: job, seized: make(chan struct{}), ended: make(chan struct{}), logDone: make(chan struct{})}
 	req := request{
-		Process:  job.Process,
-		Store:    job.Store,
-		Snapshot: job.Snapshot,
-		Captured: job.Captured,
-		Parts:    job.Parts,
-		LogLevel: lowestLevel(job.Log),
+		Process:   job.Process,
+		Store:     job.Store,
+		Snapshot:  job.Snapshot,
+		Captured:  job.Captured,
+		Parts:     job.Parts,
+		SelfWrite: job.SelfWrite,
+		LogLevel:  lowestLevel(job.Log),
 	}
 	var uffd *os.File
 	if job.Tracker != nil {
@@ -139,8 +152,11 @@ func (r *Restore) spawn(req request, uffd *os.File) error {
 	}
 	defer logW.Close()
 
+	// NOTE: run through an explicit loader (ld.so ckptfs, valgrind), this
+	// process's /proc/self/exe is the loader, which cannot start the
+	// worker: restores then fail before they touch the process.
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Args = []string{"ckptfs-restore-worker"}
+	cmd.Args = []string{workerArg0}
 	cmd.Env = append(os.Environ(), envWorker+"="+workerRestore)
 	cmd.Stderr = os.Stderr
 	cmd.ExtraFiles = []*os.File{reqR, evW, logW}
@@ -207,9 +223,16 @@ func (r *Restore) Wait() (*engine.RestoreReport, error) {
 
 	res := r.result
 	if res == nil {
-		// NOTE: a worker that died before its result may have left the
-		// process partly restored. Only a bug or a kill of the worker
-		// itself gets here.
+		select {
+		case <-r.seized:
+		default:
+			r.settle(r.lent)
+			return nil, fmt.Errorf("restore worker (pid %d) exited before it froze pid %d (%v), which it left untouched: %w",
+				r.cmd.Process.Pid, r.job.Process.PID, exitErr, unix.EIO)
+		}
+		// NOTE: a worker that died after the freeze and before its result
+		// may have left the process partly restored. Only a bug or a kill
+		// of the worker itself gets here.
 		r.settle(nil)
 		return nil, fmt.Errorf("restore worker (pid %d) of pid %d ended without a result (%v); "+
 			"check the process, which may be partly restored: %w", r.cmd.Process.Pid, r.job.Process.PID, exitErr, unix.EIO)

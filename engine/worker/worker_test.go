@@ -318,3 +318,14 @@ func TestErrorRoundTrip(t *testing.T) {
 		t.Errorf("rejection decoded as %#v, want a RejectError with EOPNOTSUPP", got)
 	}
 }
+
+// TestMainIgnoresStrayVariable runs this test binary with the worker's
+// environment variable but not as a worker: it must run its tests.
+func TestMainIgnoresStrayVariable(t *testing.T) {
+	cmd := exec.Command("/proc/self/exe", "-test.run=^TestParseRecordRejectsGarbage$", "-test.v")
+	cmd.Env = append(os.Environ(), envWorker+"="+workerRestore)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestParseRecordRejectsGarbage") {
+		t.Errorf("test binary with %s set: %v\n%s", envWorker, err, out)
+	}
+}

@@ -1,4 +1,8 @@
-package fs
+// Package errnos maps the errors of ckptfs operations to the errnos that
+// the interface contract assigns to them: the errno a write to a control
+// file returns, and the one a self-restore that failed makes the writer's
+// write return.
+package errnos
 
 import (
 	"errors"
@@ -11,7 +15,7 @@ import (
 )
 
 // contractErrnos are the errnos a control-file write may return, in the
-// order errnoOf looks for them. ESRCH comes first because an operation on a
+// order Of looks for them. ESRCH comes first because an operation on a
 // process that exited often fails on a missing /proc file (ENOENT) too.
 var contractErrnos = []syscall.Errno{
 	unix.ESRCH,
@@ -25,13 +29,13 @@ var contractErrnos = []syscall.Errno{
 	unix.EOPNOTSUPP,
 }
 
-// errnoOf returns the errno that a request failing with err returns to the
+// Of returns the errno that a request failing with err returns to the
 // caller. This is the one place where errors become errnos:
 //   - a *engine.RejectError returns its own Errno;
 //   - an error wrapping one of the errnos of the contract returns it;
 //   - a full quota counts as a full store (ENOSPC);
 //   - a corrupt snapshot, and anything else, returns EIO.
-func errnoOf(err error) syscall.Errno {
+func Of(err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
@@ -54,10 +58,10 @@ func errnoOf(err error) syscall.Errno {
 	return unix.EIO
 }
 
-// errnoName returns the symbolic name of errno as the contract spells it.
+// Name returns the symbolic name of errno as the contract spells it.
 // unix.ErrnoName returns ENOTSUP for EOPNOTSUPP, which has the same value
 // on Linux.
-func errnoName(errno syscall.Errno) string {
+func Name(errno syscall.Errno) string {
 	if errno == unix.EOPNOTSUPP {
 		return "EOPNOTSUPP"
 	}
