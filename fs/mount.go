@@ -16,6 +16,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/ckptfs/ckptfs/engine/worker"
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
@@ -71,6 +72,7 @@ func Mount(mountpoint string, cfg Config) (*Server, error) {
 		yamaScope: yama,
 		started:   time.Now(),
 		procs:     map[snapshot.ProcessID]*procState{},
+		restorer:  worker.NewRunner(log),
 	}
 	state.controlGen.Store(1 << 63)
 	state.autosave = newAutosaver(state)
@@ -168,6 +170,7 @@ func mountOptions(cfg Config, log *slog.Logger) *gofs.Options {
 func (s *Server) Wait() {
 	s.fuse.Wait()
 	s.state.autosave.stop()
+	s.state.restorer.Close()
 	s.state.closeTrackers()
 }
 
@@ -181,6 +184,7 @@ func (s *Server) Unmount() error {
 	s.state.autosave.stop()
 	err := s.fuse.Unmount()
 	if err == nil {
+		s.state.restorer.Close()
 		s.state.closeTrackers()
 		s.state.log.Info("unmounted", "mountpoint", s.mountpoint)
 		return nil
@@ -198,6 +202,7 @@ func (s *Server) Unmount() error {
 type mountState struct {
 	store     *snapshot.Store
 	log       *slog.Logger
+	restorer  *worker.Runner // runs every restore in its worker process
 	yamaScope int
 	started   time.Time
 	autosave  *autosaver

@@ -212,12 +212,11 @@ func (m *mountState) beginRestore(caller *fuse.Caller, id snapshot.ProcessID, re
 		Parts:    parts,
 		Tracker:  m.trackerFor(ps, id),
 		Image:    snap.img,
-		Log:      m.log,
 	}
 	if self {
 		job.SelfWrite = &worker.SelfWrite{TID: int(caller.Pid), Bytes: uint64(written)}
 	}
-	run, err := worker.Start(job)
+	run, err := m.restorer.Start(job)
 	if err != nil {
 		ps.release()
 		return nil, restorable{}, nil, false, fmt.Errorf("restore %s onto pid %d: %w", name, id.PID, err)

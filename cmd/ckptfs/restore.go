@@ -105,8 +105,7 @@ func (a *app) rollBack(t target, store *snapshot.Store, info snapshot.Info, img 
 		Snapshot: info.Name,
 		Captured: info.Captured,
 		Parts:    parts,
-		Log:      a.log,
-	})
+	}, a.log)
 	if err != nil {
 		return nil, t.wrap(err)
 	}

@@ -11,10 +11,8 @@ import (
 )
 
 // forwardLog logs each record the worker writes to f, as slog's JSON
-// handler encodes them, through the job's logger, keeping the order of
-// the attributes.
-func (r *Restore) forwardLog(f *os.File) {
-	defer close(r.logDone)
+// handler encodes them, through log, keeping the order of the attributes.
+func forwardLog(f *os.File, log *slog.Logger) {
 	defer f.Close()
 
 	lines := bufio.NewScanner(f)
@@ -22,10 +20,10 @@ func (r *Restore) forwardLog(f *os.File) {
 	for lines.Scan() {
 		level, msg, attrs, err := parseRecord(lines.Bytes())
 		if err != nil {
-			r.job.Log.Warn("restore worker wrote an invalid log record", "pid", r.job.Process.PID, "record", lines.Text(), "err", err)
+			log.Warn("restore worker wrote an invalid log record", "record", lines.Text(), "err", err)
 			continue
 		}
-		r.job.Log.LogAttrs(context.Background(), level, msg, attrs...)
+		log.LogAttrs(context.Background(), level, msg, attrs...)
 	}
 }
 

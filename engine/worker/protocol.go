@@ -26,17 +26,19 @@ const (
 )
 
 // The descriptors a worker gets from its parent, in the order of
-// exec.Cmd.ExtraFiles: the request, events back, log records back and,
-// when tracking is lent, the userfaultfd.
+// exec.Cmd.ExtraFiles: a stream socket for requests and their events, and
+// a pipe for log records.
 const (
-	fdRequest = 3
-	fdEvents  = 4
-	fdLog     = 5
-	fdUffd    = 6
+	fdConn = 3
+	fdLog  = 4
 )
 
-// request is the restore a worker runs, sent as one JSON document.
+// request is one restore a worker runs, sent as one JSON line. When it
+// lends the tracker, the line's first byte carries the userfaultfd as
+// SCM_RIGHTS.
 type request struct {
+	ID        uint64               `json:"id"`
+	HasUffd   bool                 `json:"has_uffd,omitempty"`
 	Process   snapshot.ProcessID   `json:"process"`
 	Store     string               `json:"store"`
 	Snapshot  string               `json:"snapshot"`
@@ -47,9 +49,11 @@ type request struct {
 	Tracking  *engine.TrackerState `json:"tracking,omitempty"`
 }
 
-// event is one line the worker sends back: exactly one field is set. The
-// worker sends Seized at most once, any number of Read, and Result last.
+// event is one line the worker sends back about request ID: exactly one
+// other field is set. For each request the worker sends Seized at most
+// once, any number of Read, and Result last.
 type event struct {
+	ID     uint64  `json:"id"`
 	Seized bool    `json:"seized,omitempty"`
 	Read   int64   `json:"read,omitempty"` // bytes of saved memory read so far
 	Result *result `json:"result,omitempty"`

@@ -1,11 +1,16 @@
 package worker
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,8 +26,12 @@ import (
 // progressInterval is how often a worker reports the bytes it has read.
 const progressInterval = 100 * time.Millisecond
 
-// Main runs this process as a restore worker, and exits, when Start
+// Main runs this process as a restore worker, and exits, when a Runner
 // started it as one. Otherwise it returns at once.
+//
+// The worker serves the requests of its connection, each in a goroutine,
+// until the parent closes the connection or dies. It then finishes the
+// restores it has begun and exits.
 func Main() {
 	kind, set := os.LookupEnv(envWorker)
 	if !set {
@@ -30,8 +39,8 @@ func Main() {
 	}
 	os.Unsetenv(envWorker)
 	if kind != workerRestore || len(os.Args) != 1 || os.Args[0] != workerArg0 {
-		// Not started by Start: the variable came from elsewhere, and the
-		// command runs as usual.
+		// Not started by a Runner: the variable came from elsewhere, and
+		// the command runs as usual.
 		return
 	}
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
@@ -41,37 +50,155 @@ func Main() {
 	// the process renames its main thread, whichever thread writes.
 	_ = os.WriteFile("/proc/self/comm", []byte(workerComm), 0)
 
-	events := &eventWriter{enc: json.NewEncoder(os.NewFile(fdEvents, "events"))}
-	log := slog.New(slog.NewJSONHandler(os.NewFile(fdLog, "log"), &slog.HandlerOptions{Level: &levelVar}))
-
-	var req request
-	if err := json.NewDecoder(os.NewFile(fdRequest, "request")).Decode(&req); err != nil {
-		err = fmt.Errorf("restore worker: read the request: %w", err)
-		fmt.Fprintf(os.Stderr, "%s: %v\n", workerArg0, err)
-		events.send(event{Result: &result{Error: encodeError(err)}})
+	fc, err := net.FileConn(os.NewFile(fdConn, "conn"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: connect to the parent: %v\n", workerArg0, err)
 		os.Exit(2)
 	}
-
-	levelVar.Set(req.LogLevel)
-	var uffd *os.File
-	if req.Tracking != nil {
-		uffd = os.NewFile(fdUffd, "userfaultfd")
+	w := &worker{
+		conn:   fc.(*net.UnixConn),
+		log:    slog.New(slog.NewJSONHandler(os.NewFile(fdLog, "log"), &slog.HandlerOptions{Level: &levelVar})),
+		stores: map[string]*snapshot.Store{},
 	}
-	if err := serve(req, uffd, events, log); err != nil {
-		// The restore did not begin, so the lent tracking goes back as
-		// it came.
-		events.send(event{Result: &result{Error: encodeError(err), Tracking: req.Tracking}})
+	if err := w.serve(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", workerArg0, err)
+		w.running.Wait()
+		os.Exit(2)
 	}
+	w.running.Wait()
 	os.Exit(0)
 }
 
-// levelVar is the worker's log level, set from the request.
+// levelVar is the worker's log level, set from each request.
 var levelVar slog.LevelVar
 
-// serve runs the restore that req describes and sends its result, or
+// worker is the state of a worker process.
+type worker struct {
+	conn *net.UnixConn
+	log  *slog.Logger
+
+	wmu sync.Mutex // serializes events on conn
+
+	running sync.WaitGroup
+	active  atomic.Int32
+
+	smu    sync.Mutex
+	stores map[string]*snapshot.Store // opened stores by URL
+}
+
+// serve reads requests, each a JSON line, with the userfaultfds that come
+// as SCM_RIGHTS, until the connection ends, and starts each restore.
+func (w *worker) serve() error {
+	var (
+		pending []byte
+		fds     []*os.File
+	)
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*16))
+	for {
+		n, oobn, _, _, err := w.conn.ReadMsgUnix(buf, oob)
+		if oobn > 0 {
+			received, perr := receivedFiles(oob[:oobn])
+			if perr != nil {
+				return perr
+			}
+			fds = append(fds, received...)
+		}
+		pending = append(pending, buf[:n]...)
+
+		for {
+			end := bytes.IndexByte(pending, '\n')
+			if end < 0 {
+				break
+			}
+			var req request
+			if err := json.Unmarshal(pending[:end], &req); err != nil {
+				return fmt.Errorf("decode request: %w", err)
+			}
+			pending = pending[end+1:]
+
+			var uffd *os.File
+			if req.HasUffd {
+				if len(fds) == 0 {
+					return fmt.Errorf("request %d lends a userfaultfd that did not arrive", req.ID)
+				}
+				uffd, fds = fds[0], fds[1:]
+			}
+			w.start(req, uffd)
+		}
+
+		if errors.Is(err, io.EOF) || err == nil && n == 0 {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read requests: %w", err)
+		}
+	}
+}
+
+// receivedFiles returns the descriptors of the SCM_RIGHTS messages in oob.
+func receivedFiles(oob []byte) ([]*os.File, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("parse control message: %w", err)
+	}
+	var files []*os.File
+	for _, msg := range msgs {
+		fds, err := unix.ParseUnixRights(&msg)
+		if err != nil {
+			return nil, fmt.Errorf("parse control message: %w", err)
+		}
+		for _, fd := range fds {
+			files = append(files, os.NewFile(uintptr(fd), "userfaultfd"))
+		}
+	}
+	return files, nil
+}
+
+// start runs the restore req in a goroutine and sends its result. When
+// it is the last restore running, the worker then gives its free memory
+// back to the kernel, as an idle process should.
+func (w *worker) start(req request, uffd *os.File) {
+	levelVar.Set(req.LogLevel)
+	w.running.Add(1)
+	w.active.Add(1)
+	go func() {
+		defer w.running.Done()
+		if err := w.restore(req, uffd); err != nil {
+			// The restore did not begin, so the lent tracking goes back
+			// as it came.
+			w.send(event{ID: req.ID, Result: &result{Error: encodeError(err), Tracking: req.Tracking}})
+		}
+		if w.active.Add(-1) == 0 {
+			debug.FreeOSMemory()
+		}
+	}()
+}
+
+// store returns the store at url, opened once for all restores.
+func (w *worker) store(url string) (*snapshot.Store, error) {
+	w.smu.Lock()
+	defer w.smu.Unlock()
+	if s, ok := w.stores[url]; ok {
+		return s, nil
+	}
+	s, err := snapshot.OpenURL(url, w.log)
+	if err != nil {
+		return nil, err
+	}
+	w.stores[url] = s
+	return s, nil
+}
+
+// restore runs the restore that req describes and sends its result, or
 // returns an error when the restore could not begin.
-func serve(req request, uffd *os.File, events *eventWriter, log *slog.Logger) error {
-	store, err := snapshot.OpenURL(req.Store, log)
+func (w *worker) restore(req request, uffd *os.File) error {
+	defer func() {
+		if uffd != nil {
+			uffd.Close()
+		}
+	}()
+	store, err := w.store(req.Store)
 	if err != nil {
 		return err
 	}
@@ -85,7 +212,7 @@ func serve(req request, uffd *os.File, events *eventWriter, log *slog.Logger) er
 			req.Snapshot, req.Process.PID, snap.Info.Captured.Format(time.RFC3339Nano), unix.ENOENT)
 	}
 
-	op, err := engine.Begin(req.Process.PID, log)
+	op, err := engine.Begin(req.Process.PID, w.log)
 	if err != nil {
 		return fmt.Errorf("freeze pid %d: %w", req.Process.PID, err)
 	}
@@ -93,29 +220,29 @@ func serve(req request, uffd *os.File, events *eventWriter, log *slog.Logger) er
 	if cur, err := engine.Identify(req.Process.PID); err != nil || cur != req.Process {
 		return fmt.Errorf("pid %d exited and now belongs to a new process: %w", req.Process.PID, unix.ESRCH)
 	}
-	events.send(event{Seized: true})
+	w.send(event{ID: req.ID, Seized: true})
 
 	var tracker *engine.Tracker
-	if req.Tracking != nil {
+	if req.Tracking != nil && uffd != nil {
 		tracker, err = engine.AdoptTracker(req.Process, *req.Tracking, uffd, snap.Image)
+		uffd = nil // the tracker owns it, or it is closed
 		if err != nil {
-			log.Debug("restoring without write tracking", "pid", req.Process.PID, "err", err)
+			w.log.Debug("restoring without write tracking", "pid", req.Process.PID, "err", err)
 		} else if err := op.Track(tracker); err != nil {
-			log.Debug("restoring without write tracking", "pid", req.Process.PID, "err", err)
+			w.log.Debug("restoring without write tracking", "pid", req.Process.PID, "err", err)
 		}
 	}
-
-	if w := req.SelfWrite; w != nil {
-		op.FailSelfWrite(w.TID, w.Bytes, func(err error) unix.Errno { return errnos.Of(err) })
+	if sw := req.SelfWrite; sw != nil {
+		op.FailSelfWrite(sw.TID, sw.Bytes, func(err error) unix.Errno { return errnos.Of(err) })
 	}
 
 	mem := &countingReader{src: snap}
-	stop := reportProgress(mem, events)
+	stop := w.reportProgress(req.ID, mem)
 	report, err := op.Restore(snap.Image, mem, req.Parts)
 	stop()
 	op.Close()
 	if n := mem.read.Load(); n > 0 {
-		events.send(event{Read: n})
+		w.send(event{ID: req.ID, Read: n})
 	}
 
 	res := &result{Report: report}
@@ -125,25 +252,25 @@ func serve(req request, uffd *os.File, events *eventWriter, log *slog.Logger) er
 	if tracker != nil {
 		state, err := tracker.Handback()
 		if err != nil {
-			log.Warn("closing the borrowed write tracking failed", "pid", req.Process.PID, "err", err)
+			w.log.Warn("closing the borrowed write tracking failed", "pid", req.Process.PID, "err", err)
 		}
 		res.Tracking = &state
 	}
-	events.send(event{Result: res})
+	w.send(event{ID: req.ID, Result: res})
 	return nil
 }
 
-// eventWriter sends events to the parent, one JSON line each. Errors are
-// dropped: a parent that died reads nothing more, and the worker goes on.
-type eventWriter struct {
-	mu  sync.Mutex
-	enc *json.Encoder
-}
-
-func (w *eventWriter) send(ev event) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	_ = w.enc.Encode(ev)
+// send sends one event to the parent. Errors are dropped: a parent that
+// died reads nothing more, and the worker goes on.
+func (w *worker) send(ev event) {
+	line, err := json.Marshal(ev)
+	if err != nil {
+		w.log.Error("encoding an event failed", "id", ev.ID, "err", err)
+		return
+	}
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	_, _ = w.conn.Write(append(line, '\n'))
 }
 
 // countingReader counts the bytes of saved memory read through it.
@@ -160,9 +287,9 @@ func (c *countingReader) ReadRegion(i int, p []byte, off uint64) error {
 	return nil
 }
 
-// reportProgress sends the count of mem every progressInterval until the
-// returned function is called.
-func reportProgress(mem *countingReader, events *eventWriter) (stop func()) {
+// reportProgress sends the count of mem for request id every
+// progressInterval until the returned function is called.
+func (w *worker) reportProgress(id uint64, mem *countingReader) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -178,7 +305,7 @@ func reportProgress(mem *countingReader, events *eventWriter) (stop func()) {
 			case <-tick.C:
 			}
 			if n := mem.read.Load(); n > sent {
-				events.send(event{Read: n})
+				w.send(event{ID: id, Read: n})
 				sent = n
 			}
 		}

@@ -43,7 +43,7 @@ func runParent(spec string) {
 		fmt.Fprintf(os.Stderr, "decode job: %v\n", err)
 		os.Exit(2)
 	}
-	if _, err := Start(job); err != nil {
+	if _, err := Start(job, nil); err != nil {
 		fmt.Fprintf(os.Stderr, "start: %v\n", err)
 		os.Exit(1)
 	}
@@ -108,7 +108,7 @@ func TestRestoreRollsBackMemoryAndCounter(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // the counter goes up about once a millisecond
 	before := mt.Counter(t)
 
-	r, err := Start(c.job())
+	r, err := Start(c.job(), nil)
 	if err != nil {
 		t.Fatalf("start restore: %v", err)
 	}
@@ -153,7 +153,7 @@ func TestRestoreErrorsKeepErrno(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Start(tc.job)
+			_, err := Start(tc.job, nil)
 			if !errors.Is(err, tc.errno) {
 				t.Errorf("Start: %v, want %v", err, tc.errno)
 			}
@@ -166,7 +166,7 @@ func TestRestoreRejectionIsRejectError(t *testing.T) {
 	mt := testproc.StartMem(t, 4, false)
 	c := captureBase(t, mt)
 
-	r, err := Start(c.job("0-1000"))
+	r, err := Start(c.job("0-1000"), nil)
 	if err != nil {
 		t.Fatalf("start restore: %v", err)
 	}
@@ -186,7 +186,7 @@ func TestRestoreDaemonItselfRejected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = Start(Job{Process: id, Store: t.TempDir(), Snapshot: "base"})
+	_, err = Start(Job{Process: id, Store: t.TempDir(), Snapshot: "base"}, nil)
 	if !errors.Is(err, unix.EPERM) {
 		t.Errorf("restore of the calling process: %v, want EPERM", err)
 	}
@@ -327,5 +327,87 @@ func TestMainIgnoresStrayVariable(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: TestParseRecordRejectsGarbage") {
 		t.Errorf("test binary with %s set: %v\n%s", envWorker, err, out)
+	}
+}
+
+func TestRunnerKeepsOneWorker(t *testing.T) {
+	mt := testproc.StartMem(t, 8, false)
+	c := captureBase(t, mt)
+	rn := NewRunner(nil)
+	defer rn.Close()
+
+	var (
+		workers []int
+		last    *Restore
+	)
+	for range 2 {
+		mt.Touch(t)
+		r, err := rn.Start(c.job())
+		if err != nil {
+			t.Fatalf("start restore: %v", err)
+		}
+		if _, err := r.Wait(); err != nil {
+			t.Fatalf("restore: %v", err)
+		}
+		workers, last = append(workers, r.srv.cmd.Process.Pid), r
+		if seeds := mt.Seeds(t); len(seeds) != 1 || seeds[firstSeed] == 0 {
+			t.Errorf("memory seeds after restore %v, want only %#x", seeds, firstSeed)
+		}
+	}
+	if workers[0] != workers[1] {
+		t.Errorf("restores ran in workers %v, want one worker for both", workers)
+	}
+
+	// A worker that died is replaced at the next restore.
+	if err := syscall.Kill(workers[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-last.srv.done
+	mt.Touch(t)
+	r, err := rn.Start(c.job())
+	if err != nil {
+		t.Fatalf("start restore after the worker died: %v", err)
+	}
+	if _, err := r.Wait(); err != nil {
+		t.Fatalf("restore after the worker died: %v", err)
+	}
+	if r.srv.cmd.Process.Pid == workers[0] {
+		t.Errorf("restore ran in the dead worker %d", workers[0])
+	}
+	checkUntraced(t, mt.PID)
+}
+
+func TestRunnerRestoresConcurrently(t *testing.T) {
+	rn := NewRunner(nil)
+	defer rn.Close()
+	var targets []*testproc.MemTarget
+	var snaps []captured
+	for range 3 {
+		mt := testproc.StartMem(t, 16, false)
+		targets = append(targets, mt)
+		snaps = append(snaps, captureBase(t, mt))
+		mt.Touch(t)
+	}
+
+	errs := make(chan error, len(targets))
+	for i := range targets {
+		go func() {
+			r, err := rn.Start(snaps[i].job())
+			if err == nil {
+				_, err = r.Wait()
+			}
+			errs <- err
+		}()
+	}
+	for range targets {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent restore: %v", err)
+		}
+	}
+	for _, mt := range targets {
+		checkUntraced(t, mt.PID)
+		if seeds := mt.Seeds(t); len(seeds) != 1 || seeds[firstSeed] == 0 {
+			t.Errorf("pid %d: memory seeds after restore %v, want only %#x", mt.PID, seeds, firstSeed)
+		}
 	}
 }

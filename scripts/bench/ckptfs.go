@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ckptfs/ckptfs/engine"
+	"github.com/ckptfs/ckptfs/engine/worker"
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
@@ -47,11 +48,13 @@ var goals = map[string]goal{
 
 // bench holds what every measurement shares.
 type bench struct {
-	log    *slog.Logger
-	runs   int
-	tmp    string // temporary directory on the disk the store uses
-	memBin string // compiled bench_mem
-	res    *results
+	log *slog.Logger
+	// restorer runs every restore in one worker process, as a mount does.
+	restorer *worker.Runner
+	runs     int
+	tmp      string // temporary directory on the disk the store uses
+	memBin   string // compiled bench_mem
+	res      *results
 }
 
 // saved is a snapshot the bench took, with the target's buffer hash at

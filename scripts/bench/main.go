@@ -126,13 +126,16 @@ func run(opts *options) error {
 	if opts.verbose {
 		level = slog.LevelDebug
 	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	b := &bench{
-		log:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-		runs:   opts.runs,
-		tmp:    tmp,
-		memBin: memBin,
-		res:    &results{},
+		log:      log,
+		restorer: worker.NewRunner(log),
+		runs:     opts.runs,
+		tmp:      tmp,
+		memBin:   memBin,
+		res:      &results{},
 	}
+	defer b.restorer.Close()
 
 	var s3 *s3Bench
 	if opts.s3 != "" {

@@ -165,14 +165,13 @@ func (b *bench) loadRestore(st *snapshot.Store, pid int, info *snapshot.Info, tr
 	}
 
 	start := time.Now()
-	r, err := worker.Start(worker.Job{
+	r, err := b.restorer.Start(worker.Job{
 		Process:  info.Process,
 		Store:    st.URL(),
 		Snapshot: info.Name,
 		Captured: info.Captured,
 		Tracker:  tr,
 		Image:    img,
-		Log:      b.log,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("restore pid %d to %s: %w", pid, info.Name, err)
