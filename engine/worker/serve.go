@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -80,7 +79,6 @@ type worker struct {
 	wmu sync.Mutex // serializes events on conn
 
 	running sync.WaitGroup
-	active  atomic.Int32
 
 	smu    sync.Mutex
 	stores map[string]*snapshot.Store // opened stores by URL
@@ -155,22 +153,21 @@ func receivedFiles(oob []byte) ([]*os.File, error) {
 	return files, nil
 }
 
-// start runs the restore req in a goroutine and sends its result. When
-// it is the last restore running, the worker then gives its free memory
-// back to the kernel, as an idle process should.
+// start runs the restore req in a goroutine and sends its result.
+//
+// The memory of a finished restore stays with the worker until the Go
+// runtime's background scavenger returns it, so that a restore soon after
+// finds it in place: on a VM that hands freed memory back to its host, a
+// first touch of memory is several times slower.
 func (w *worker) start(req request, uffd *os.File) {
 	levelVar.Set(req.LogLevel)
 	w.running.Add(1)
-	w.active.Add(1)
 	go func() {
 		defer w.running.Done()
 		if err := w.restore(req, uffd); err != nil {
 			// The restore did not begin, so the lent tracking goes back
 			// as it came.
 			w.send(event{ID: req.ID, Result: &result{Error: encodeError(err), Tracking: req.Tracking}})
-		}
-		if w.active.Add(-1) == 0 {
-			debug.FreeOSMemory()
 		}
 	}()
 }
