@@ -22,6 +22,12 @@ var errExec = errors.New("process called execve during the operation")
 // /proc/PID/task until a pass finds no thread that is not seized yet. It
 // does not wait for the stops.
 //
+// NOTE: a thread blocked in a system call that the kernel never restarts
+// (epoll_wait, sigwaitinfo, sigtimedwait, io_getevents, and the others
+// signal(7) lists for stop signals) returns EINTR when interrupted. Each
+// freeze thus shows there as one EINTR, and a snapshot taken at that
+// return hands the EINTR again to the process it is restored into.
+//
 // Precondition: called on the op's locked thread.
 func (op *Op) freeze() error {
 	op.freezeStart = time.Now()

@@ -264,7 +264,7 @@ func (op *Op) unmapScratch() {
 			continue
 		}
 		if _, err := op.syscall(th, unix.SYS_MUNMAP, uintptr(op.scratchAddr), pageSize); err != nil {
-			op.log.Warn("unmapping scratch page failed", "addr", op.scratchAddr, "err", err)
+			op.log.Warn("unmapping scratch page failed", "addr", fmt.Sprintf("%#x", op.scratchAddr), "err", err)
 		}
 		break
 	}

@@ -71,7 +71,7 @@ func (op *Op) mapEntry(c layoutOp) error {
 	if uint64(addr) != c.start {
 		// A kernel without MAP_FIXED_NOREPLACE takes the address as a hint.
 		if _, err := op.syscall(th, unix.SYS_MUNMAP, addr, uintptr(c.end-c.start)); err != nil {
-			op.log.Warn("unmapping misplaced mapping failed", "addr", addr, "err", err)
+			op.log.Warn("unmapping misplaced mapping failed", "addr", fmt.Sprintf("%#x", addr), "err", err)
 		}
 		return fmt.Errorf("mapped at %#x instead: %w", addr, unix.EEXIST)
 	}

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
@@ -165,10 +166,10 @@ func (m *mountState) restore(caller *fuse.Caller, id snapshot.ProcessID, data []
 	ps.record(rec)
 
 	if self {
-		go m.finishRestore(run, snap, parts, ps, rec, id)
+		go m.finishRestore(run, snap, parts, ps, rec, id, true)
 		return nil
 	}
-	return m.finishRestore(run, snap, parts, ps, rec, id)
+	return m.finishRestore(run, snap, parts, ps, rec, id, false)
 }
 
 // beginRestore checks a restore request, which came in a write of written
@@ -253,13 +254,20 @@ func (m *mountState) loadRestorable(creds taskCreds, id snapshot.ProcessID, name
 }
 
 // finishRestore waits for the worker to roll the process back and thaw
-// it. It releases the process and records the outcome.
-func (m *mountState) finishRestore(run *worker.Restore, snap restorable, parts []string, ps *procState, rec opRecord, id snapshot.ProcessID) error {
+// it. It releases the process and records the outcome. self marks a
+// restore that the process requested itself.
+func (m *mountState) finishRestore(run *worker.Restore, snap restorable, parts []string, ps *procState, rec opRecord, id snapshot.ProcessID, self bool) error {
 	defer ps.release()
 
 	report, err := run.Wait()
 	if err == nil {
 		ps.writeTracker(id).SetBase(snap.info.Name)
+	}
+	if err != nil && self {
+		// The worker has made the process's own write fail with this
+		// error's errno, and the process may have exited since because of
+		// it, so the error is kept as it is.
+		return m.failed(ps, rec, id, err)
 	}
 	if err != nil {
 		return m.failed(ps, rec, id, m.explain(id, "restore", err))
@@ -338,7 +346,7 @@ func (m *mountState) begin(id snapshot.ProcessID) (*engine.Op, error) {
 // exited, or has begun to exit, into ESRCH, keeping the original reason in
 // the text.
 func (m *mountState) explain(id snapshot.ProcessID, kind string, err error) error {
-	if checkIdentity(id) == nil && !engine.Exiting(id.PID) {
+	if errors.Is(err, unix.ESRCH) || checkIdentity(id) == nil && !engine.Exiting(id.PID) {
 		return err
 	}
 	return fmt.Errorf("pid %d exited during %s (%v): %w", id.PID, kind, err, unix.ESRCH)

@@ -41,6 +41,12 @@ func (a *app) restoreCommand() *cobra.Command {
 			if err := argsWithPID(2, -1)(cmd, args); err != nil {
 				return err
 			}
+			// A restore may name an autosave, so only the form is checked.
+			if args[1] != "latest" {
+				if err := snapshot.ValidName(args[1]); err != nil {
+					return err
+				}
+			}
 			return checkParts(args[2:])
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -137,7 +143,8 @@ func (a *app) waitThroughSignals(pid int) (stop func()) {
 		defer wg.Done()
 		select {
 		case sig := <-signals:
-			fmt.Fprintf(a.stderr, "ckptfs: %v received: the restore of process %d cannot stop halfway, waiting for it to complete or be undone\n", sig, pid)
+			fmt.Fprintf(a.stderr, "ckptfs: %s: the restore of process %d cannot stop halfway, waiting for it to complete or be undone\n",
+				unix.SignalName(sig.(syscall.Signal)), pid)
 		case <-done:
 		}
 	}()

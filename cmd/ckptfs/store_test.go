@@ -235,7 +235,7 @@ func TestRestoreWaitsThroughInterrupt(t *testing.T) {
 	if err != nil {
 		t.Errorf("interrupted restore: %v, want exit 0 once the restore completed\nstderr:\n%s", err, stderr.String())
 	}
-	if !strings.Contains(stderr.String(), "interrupt received") {
+	if !strings.Contains(stderr.String(), "ckptfs: SIGINT: the restore of process") {
 		t.Errorf("stderr %q, want the interrupt acknowledged", stderr.String())
 	}
 	if !strings.HasPrefix(stdout.String(), "restored pid "+pid+" to snapshot base") {

@@ -394,8 +394,8 @@ func (r *Restore) Wait() (*engine.RestoreReport, error) {
 		// may have left the process partly restored. Only a bug or a kill
 		// of the worker itself gets here.
 		r.settle(nil)
-		return nil, fmt.Errorf("restore worker (pid %d) of pid %d ended without a result; "+
-			"check the process, which may be partly restored: %w", worker, r.job.Process.PID, unix.EIO)
+		return nil, fmt.Errorf("restore worker (pid %d) of pid %d ended without a result, and the process may be partly "+
+			"restored; restore a snapshot again to bring it to a known state: %w", worker, r.job.Process.PID, unix.EIO)
 	}
 	r.settle(res.Tracking)
 	if res.Error != nil {

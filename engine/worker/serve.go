@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,6 +26,12 @@ import (
 
 // progressInterval is how often a worker reports the bytes it has read.
 const progressInterval = 100 * time.Millisecond
+
+// idleRelease is how long a worker keeps the memory of its last restore
+// before it gives it back to the kernel. A restore soon after then finds
+// that memory in place, and an idle mount does not hold the size of the
+// processes it restored for long.
+const idleRelease = 10 * time.Second
 
 // Main runs this process as a restore worker, and exits, when a Runner
 // started it as one. Otherwise it returns at once.
@@ -79,6 +87,10 @@ type worker struct {
 	wmu sync.Mutex // serializes events on conn
 
 	running sync.WaitGroup
+
+	idle       sync.Mutex
+	active     int    // restores running
+	generation uint64 // counts the times active fell to 0
 
 	smu    sync.Mutex
 	stores map[string]*snapshot.Store // opened stores by URL
@@ -155,13 +167,18 @@ func receivedFiles(oob []byte) ([]*os.File, error) {
 
 // start runs the restore req in a goroutine and sends its result.
 //
-// The memory of a finished restore stays with the worker until the Go
-// runtime's background scavenger returns it, so that a restore soon after
-// finds it in place: on a VM that hands freed memory back to its host, a
-// first touch of memory is several times slower.
+// The memory of a finished restore stays with the worker for idleRelease,
+// so that a restore soon after finds it in place. On a VM that hands freed
+// memory back to its host, a first touch of memory is several times
+// slower. Once no restore has run for that long, the worker collects its
+// garbage twice (pooled buffers outlive one collection) and returns its
+// free memory.
 func (w *worker) start(req request, uffd *os.File) {
 	levelVar.Set(req.LogLevel)
 	w.running.Add(1)
+	w.idle.Lock()
+	w.active++
+	w.idle.Unlock()
 	go func() {
 		defer w.running.Done()
 		if err := w.restore(req, uffd); err != nil {
@@ -169,7 +186,32 @@ func (w *worker) start(req request, uffd *os.File) {
 			// as it came.
 			w.send(event{ID: req.ID, Result: &result{Error: encodeError(err), Tracking: req.Tracking}})
 		}
+		w.finished()
 	}()
+}
+
+// finished counts a restore as done and, after the last one, arms the
+// release of the worker's memory.
+func (w *worker) finished() {
+	w.idle.Lock()
+	defer w.idle.Unlock()
+	w.active--
+	if w.active > 0 {
+		return
+	}
+	w.generation++
+	generation := w.generation
+	time.AfterFunc(idleRelease, func() {
+		w.idle.Lock()
+		stale := w.active > 0 || w.generation != generation
+		w.idle.Unlock()
+		if stale {
+			return
+		}
+		runtime.GC()
+		runtime.GC()
+		debug.FreeOSMemory()
+	})
 }
 
 // store returns the store at url, opened once for all restores.
