@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"errors"
 	"fmt"
 	"github.com/ckptfs/ckptfs/internal/errnos"
 	"os"
@@ -346,7 +345,7 @@ func (m *mountState) begin(id snapshot.ProcessID) (*engine.Op, error) {
 // exited, or has begun to exit, into ESRCH, keeping the original reason in
 // the text.
 func (m *mountState) explain(id snapshot.ProcessID, kind string, err error) error {
-	if errors.Is(err, unix.ESRCH) || checkIdentity(id) == nil && !engine.Exiting(id.PID) {
+	if checkIdentity(id) == nil && !engine.Exiting(id.PID) {
 		return err
 	}
 	return fmt.Errorf("pid %d exited during %s (%v): %w", id.PID, kind, err, unix.ESRCH)
