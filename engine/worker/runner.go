@@ -191,6 +191,10 @@ func (rn *Runner) Close() {
 	if srv == nil {
 		return
 	}
+	if !srv.alive() {
+		<-srv.done
+		return
+	}
 	if err := srv.conn.CloseWrite(); err != nil {
 		rn.log.Warn("ending the restore worker failed", "worker", srv.cmd.Process.Pid, "err", err)
 	}
