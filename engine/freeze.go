@@ -23,10 +23,10 @@ var errExec = errors.New("process called execve during the operation")
 // does not wait for the stops.
 //
 // NOTE: a thread blocked in a system call that the kernel never restarts
-// (epoll_wait, sigwaitinfo, sigtimedwait, io_getevents, and the others
-// signal(7) lists for stop signals) returns EINTR when interrupted. Each
-// freeze thus shows there as one EINTR, and a snapshot taken at that
-// return hands the EINTR again to the process it is restored into.
+// (epoll_wait, sigtimedwait, io_getevents, and the others signal(7) lists
+// for stop signals) returns EINTR when interrupted. Capture and detach
+// send a wait without a timeout back into the call (rearmWait); one with
+// a timeout shows each freeze as an EINTR.
 //
 // Precondition: called on the op's locked thread.
 func (op *Op) freeze() error {

@@ -39,3 +39,36 @@ func rearmSyscall(raw unix.PtraceRegs, before [2]byte) unix.PtraceRegs {
 func is64bitMode(regs *unix.PtraceRegs) bool {
 	return regs.Cs == user64CS
 }
+
+// infiniteWait reports whether regs are stopped at the return of a wait
+// that Linux never restarts after a stop and that has no timeout:
+// epoll_wait, epoll_pwait or epoll_pwait2 without a timeout, or
+// rt_sigtimedwait without one (sigwaitinfo). Entering such a call again
+// is the same, for the program, as never having left it.
+func infiniteWait(regs *unix.PtraceRegs) bool {
+	switch regs.Orig_rax {
+	case unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT:
+		return int32(regs.R10) < 0
+	case unix.SYS_EPOLL_PWAIT2:
+		return regs.R10 == 0
+	case unix.SYS_RT_SIGTIMEDWAIT:
+		return regs.Rdx == 0
+	}
+	return false
+}
+
+// rearmWait returns raw moved back onto its `syscall` instruction, with
+// rax its number, when raw returns EINTR from an infiniteWait whose
+// `syscall` instruction is before: the freeze interrupted it, and the
+// thread then waits on as if never frozen. The caller checks first that
+// no signal is pending that the thread would take, since such a signal
+// would end the wait with EINTR anyway. Other registers are returned as
+// they are.
+func rearmWait(raw unix.PtraceRegs, before [2]byte) unix.PtraceRegs {
+	regs := raw
+	if int64(raw.Rax) == -int64(unix.EINTR) && infiniteWait(&raw) && before == syscallInsn {
+		regs.Rax = raw.Orig_rax
+		regs.Rip = raw.Rip - 2
+	}
+	return regs
+}

@@ -5,11 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -730,5 +732,45 @@ func TestOpenCheckedDoesNotWaitForFIFO(t *testing.T) {
 	}
 	if got&unix.O_NONBLOCK != 0 {
 		t.Errorf("FIFO opened with flags %#o, want O_NONBLOCK cleared again", got)
+	}
+}
+
+// expectQuiet sends p to rst_waits and fails on any line before "pong":
+// a wait that returned.
+func expectQuiet(t *testing.T, p *commanded, when string) {
+	t.Helper()
+	if _, err := io.WriteString(p.in, "p"); err != nil {
+		t.Fatal(err)
+	}
+	for line := p.Line(); line != "pong"; line = p.Line() {
+		t.Errorf("%s: a wait returned: %q", when, line)
+	}
+}
+
+func TestFreezeKeepsInfiniteWaits(t *testing.T) {
+	p := startCommanded(t, "rst_waits")
+	p.Expect("ready")
+	time.Sleep(50 * time.Millisecond) // both threads reach their waits
+
+	img := captureImage(t, p.PID)
+	_, mem, err := CaptureCOW(p.PID, testLogger(t))
+	if err != nil {
+		t.Fatalf("copy-on-write capture: %v", err)
+	}
+	if err := mem.Close(); err != nil {
+		t.Fatalf("end the copy-on-write clone: %v", err)
+	}
+	expectQuiet(t, p, "after two captures")
+
+	restoreImage(t, p.Proc, img)
+	expectQuiet(t, p, "after a restore")
+
+	for _, c := range []struct{ command, reply string }{{"e", "epoll 1"}, {"s", "sigwait 10"}} {
+		if _, err := io.WriteString(p.in, c.command); err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Line(); got != c.reply {
+			t.Errorf("after %q: %q, want %q", c.command, got, c.reply)
+		}
 	}
 }

@@ -2,6 +2,10 @@ package engine
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -54,6 +58,10 @@ func (op *Op) detach(th *thread) {
 		}
 	}
 
+	if len(th.signals) == 0 && !th.jobStop {
+		op.rearmInterruptedWait(th)
+	}
+
 	var sig unix.Signal
 	if len(th.signals) > 0 {
 		sig = th.signals[0]
@@ -66,6 +74,59 @@ func (op *Op) detach(th *thread) {
 	if err := ptraceDetach(th.tid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
 		op.log.Warn("detach failed", "tid", th.tid, "err", err)
 	}
+}
+
+// rearmInterruptedWait makes th, when the freeze interrupted it in an
+// infinite wait that Linux does not restart (see rearmWait), enter the
+// call again at detach instead of returning EINTR. A thread that a signal
+// waits for keeps its EINTR, which that signal would have caused anyway.
+// Failures leave the EINTR.
+//
+// Precondition: called on the op's locked thread; th is stopped.
+func (op *Op) rearmInterruptedWait(th *thread) {
+	regs, err := th.getRegs()
+	if err != nil || int64(regs.Rax) != -int64(unix.EINTR) || !infiniteWait(&regs) {
+		return
+	}
+	var before [2]byte
+	if op.readMem(regs.Rip-2, before[:]) != nil || signalWaiting(op.pid, th.tid) {
+		return
+	}
+	rearmed := rearmWait(regs, before)
+	if err := th.setRegs(&rearmed); err != nil {
+		op.log.Debug("re-entering an interrupted wait failed", "tid", th.tid, "err", err)
+	}
+}
+
+// signalWaiting reports whether thread tid of pid has a signal pending,
+// for itself or its process, that it does not block. It reports true when
+// the status cannot be read, which keeps the thread as it is.
+func signalWaiting(pid, tid int) bool {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	if err != nil {
+		return true
+	}
+	var pending, blocked uint64
+	for _, line := range strings.Split(string(raw), "\n") {
+		key, value, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(value), 16, 64)
+		switch key {
+		case "SigPnd", "ShdPnd":
+			if err != nil {
+				return true
+			}
+			pending |= mask
+		case "SigBlk":
+			if err != nil {
+				return true
+			}
+			blocked = mask
+		}
+	}
+	return pending&^blocked != 0
 }
 
 // jobStopped reports whether the process was in a job-control stop when
