@@ -56,7 +56,9 @@ func (op *Op) captureThread(th *thread, out *snapshot.Thread) error {
 	if out.SigMask, err = th.getSigmask(); err != nil {
 		return err
 	}
-	if !signalWaiting(op.pid, th.tid) {
+	// The status read that rules out a pending signal happens only for a
+	// thread in such a wait, since it lengthens the freeze.
+	if interruptedWait(&raw) && !signalWaiting(op.pid, th.tid) {
 		out.Regs = rearmWait(out.Regs, before)
 	}
 	if out.Rseq, err = th.getRseq(); err != nil {

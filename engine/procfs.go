@@ -33,6 +33,9 @@ type Status struct {
 	Kthread   bool
 	SigIgn    uint64 // signals ignored, bit n-1 for signal n
 	SigCgt    uint64 // signals with a handler, bit n-1 for signal n
+	SigPnd    uint64 // signals pending for the thread read
+	ShdPnd    uint64 // signals pending for the process
+	SigBlk    uint64 // signals the thread read blocks
 }
 
 // ReadStatus reads /proc/PID/status. A process that does not exist gives an
@@ -110,6 +113,12 @@ func (st *Status) set(key, value string) error {
 		st.SigIgn, err = strconv.ParseUint(value, 16, 64)
 	case "SigCgt":
 		st.SigCgt, err = strconv.ParseUint(value, 16, 64)
+	case "SigPnd":
+		st.SigPnd, err = strconv.ParseUint(value, 16, 64)
+	case "ShdPnd":
+		st.ShdPnd, err = strconv.ParseUint(value, 16, 64)
+	case "SigBlk":
+		st.SigBlk, err = strconv.ParseUint(value, 16, 64)
 	}
 	return err
 }

@@ -57,6 +57,11 @@ func infiniteWait(regs *unix.PtraceRegs) bool {
 	return false
 }
 
+// interruptedWait reports whether regs return EINTR from an infiniteWait.
+func interruptedWait(regs *unix.PtraceRegs) bool {
+	return int64(regs.Rax) == -int64(unix.EINTR) && infiniteWait(regs)
+}
+
 // rearmWait returns raw moved back onto its `syscall` instruction, with
 // rax its number, when raw returns EINTR from an infiniteWait whose
 // `syscall` instruction is before: the freeze interrupted it, and the
@@ -66,7 +71,7 @@ func infiniteWait(regs *unix.PtraceRegs) bool {
 // they are.
 func rearmWait(raw unix.PtraceRegs, before [2]byte) unix.PtraceRegs {
 	regs := raw
-	if int64(raw.Rax) == -int64(unix.EINTR) && infiniteWait(&raw) && before == syscallInsn {
+	if interruptedWait(&raw) && before == syscallInsn {
 		regs.Rax = raw.Orig_rax
 		regs.Rip = raw.Rip - 2
 	}

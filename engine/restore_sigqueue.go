@@ -12,30 +12,6 @@ import (
 	"github.com/ckptfs/ckptfs/snapshot"
 )
 
-// queueState is the pending signals and timers a restore overwrites, read
-// before any change so that a failed restore can put them back.
-type queueState struct {
-	pending []snapshot.PendingSignal
-	itimers [3]snapshot.TimerValue
-	timers  []snapshot.PosixTimer
-}
-
-// readQueues reads the pending signals and the timers as capture does.
-//
-// Precondition: called on the op's locked thread; all threads stopped.
-func (op *Op) readQueues() (queueState, error) {
-	var q queueState
-	var err error
-	if q.pending, err = op.readPending(); err != nil {
-		return q, err
-	}
-	if q.itimers, err = op.readITimers(); err != nil {
-		return q, err
-	}
-	q.timers, err = op.readPosixTimers()
-	return q, err
-}
-
 // checkTimerIDs rejects a restore that must create a POSIX timer when the
 // kernel cannot give a new timer a chosen ID (prctl
 // PR_TIMER_CREATE_RESTORE_IDS).

@@ -32,21 +32,38 @@ const (
 //
 // Precondition: called on the op's locked thread; all threads stopped.
 func (op *Op) captureQueues(img *snapshot.Image) error {
-	pending, err := op.readPending()
-	if err != nil {
-		return err
-	}
-	itimers, err := op.readITimers()
-	if err != nil {
-		return err
-	}
-	timers, err := op.readPosixTimers()
+	q, err := op.readQueues()
 	if err != nil {
 		return err
 	}
 	img.Signals.QueuesSaved = true
-	img.Signals.Pending, img.Signals.ITimers, img.Signals.Timers = pending, itimers, timers
+	img.Signals.Pending, img.Signals.ITimers, img.Signals.Timers = q.pending, q.itimers, q.timers
 	return nil
+}
+
+// queueState is the pending signals and timers of a process: what capture
+// saves, and what a restore overwrites, read before any change so that a
+// failed restore can put it back.
+type queueState struct {
+	pending []snapshot.PendingSignal
+	itimers [3]snapshot.TimerValue
+	timers  []snapshot.PosixTimer
+}
+
+// readQueues reads the pending signals and the timers.
+//
+// Precondition: called on the op's locked thread; all threads stopped.
+func (op *Op) readQueues() (queueState, error) {
+	var q queueState
+	var err error
+	if q.pending, err = op.readPending(); err != nil {
+		return q, err
+	}
+	if q.itimers, err = op.readITimers(); err != nil {
+		return q, err
+	}
+	q.timers, err = op.readPosixTimers()
+	return q, err
 }
 
 // readPending returns the queued signals of every thread, then those of
@@ -212,13 +229,13 @@ func parseTimerField(t *snapshot.PosixTimer, key, value string) error {
 		}
 		t.Signal = int32(signo)
 	case "notify":
-		how, target, ok := strings.Cut(value, "/")
-		kind, id, ok2 := strings.Cut(target, ".")
+		kind, target, ok := strings.Cut(value, "/")
+		recipient, id, ok2 := strings.Cut(target, ".")
 		n, err := strconv.Atoi(id)
 		if !ok || !ok2 || err != nil {
 			return fmt.Errorf("notify %q is not HOW/pid.N or HOW/tid.N", value)
 		}
-		switch how {
+		switch kind {
 		case "signal":
 			t.Notify = sigevSignal
 		case "none":
@@ -226,9 +243,9 @@ func parseTimerField(t *snapshot.PosixTimer, key, value string) error {
 		case "thread":
 			t.Notify = sigevThread
 		default:
-			return fmt.Errorf("unknown notification %q", how)
+			return fmt.Errorf("unknown notification %q", kind)
 		}
-		if kind == "tid" {
+		if recipient == "tid" {
 			t.Notify |= sigevThreadID
 			t.TID = n
 		}

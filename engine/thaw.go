@@ -3,9 +3,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -85,7 +82,7 @@ func (op *Op) detach(th *thread) {
 // Precondition: called on the op's locked thread; th is stopped.
 func (op *Op) rearmInterruptedWait(th *thread) {
 	regs, err := th.getRegs()
-	if err != nil || int64(regs.Rax) != -int64(unix.EINTR) || !infiniteWait(&regs) {
+	if err != nil || !interruptedWait(&regs) {
 		return
 	}
 	var before [2]byte
@@ -93,6 +90,9 @@ func (op *Op) rearmInterruptedWait(th *thread) {
 		return
 	}
 	rearmed := rearmWait(regs, before)
+	if rearmed == regs {
+		return
+	}
 	if err := th.setRegs(&rearmed); err != nil {
 		op.log.Debug("re-entering an interrupted wait failed", "tid", th.tid, "err", err)
 	}
@@ -102,31 +102,8 @@ func (op *Op) rearmInterruptedWait(th *thread) {
 // for itself or its process, that it does not block. It reports true when
 // the status cannot be read, which keeps the thread as it is.
 func signalWaiting(pid, tid int) bool {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
-	if err != nil {
-		return true
-	}
-	var pending, blocked uint64
-	for _, line := range strings.Split(string(raw), "\n") {
-		key, value, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		mask, err := strconv.ParseUint(strings.TrimSpace(value), 16, 64)
-		switch key {
-		case "SigPnd", "ShdPnd":
-			if err != nil {
-				return true
-			}
-			pending |= mask
-		case "SigBlk":
-			if err != nil {
-				return true
-			}
-			blocked = mask
-		}
-	}
-	return pending&^blocked != 0
+	st, err := readStatusFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	return err != nil || (st.SigPnd|st.ShdPnd)&^st.SigBlk != 0
 }
 
 // jobStopped reports whether the process was in a job-control stop when

@@ -116,8 +116,7 @@ func (p *procState) acquireFrom(pid int, kind string, callerPID uint32, callerTI
 // returns at the capture's point, before the save, and the process or a
 // command it starts may look for the snapshot next: it then finds it, as
 // after any other capture write. A thread the engine still holds does not
-// wait (thawedFor), and nothing the capture does waits for the others,
-// so the wait cannot deadlock.
+// wait (thawedFor), and the save does not depend on the threads that do.
 func (p *procState) awaitSelfCapture(tid int) {
 	for {
 		p.mu.Lock()

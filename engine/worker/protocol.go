@@ -49,9 +49,9 @@ type request struct {
 	Tracking  *engine.TrackerState `json:"tracking,omitempty"`
 }
 
-// event is one line the worker sends back about request ID: exactly one
-// other field is set. For each request the worker sends Seized at most
-// once, any number of Read, and Result last.
+// event is one line the worker sends back about request ID, with one
+// other field set. Per request, serve sends Seized at most once, any
+// number of Read, and Result last.
 type event struct {
 	ID     uint64  `json:"id"`
 	Seized bool    `json:"seized,omitempty"`

@@ -1,6 +1,6 @@
 /* rst_queues: pending signals and timers for restore tests. It blocks
- * SIGUSR1, SIGUSR2 and SIGRTMIN+1, whose handlers print what arrives, and
- * reads one-byte commands from stdin, and prints one line for each:
+ * SIGUSR1, SIGUSR2 and SIGRTMIN+1, whose handlers print what arrives.
+ * It reads one-byte commands from stdin and prints one line for each:
  *   p  queue SIGUSR1 to the process, SIGUSR2 to this thread (tgkill), and
  *      SIGRTMIN+1 to the process twice with values 42 and 43: "queued"
  *   d  dequeue every pending signal with sigtimedwait: "drained N"
